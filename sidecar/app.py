@@ -1,0 +1,192 @@
+"""Assemble one sidecar: HTTP routes, Socket.IO, the listener and scheduled jobs.
+
+``Sidecar(settings)`` builds everything from a ``Settings``; ``start()`` binds
+the port and starts the listener and the scheduler; ``stop()`` undoes it.
+Tests build their own ``Sidecar`` the same way ``crm-realtime serve`` does.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import List, Optional
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from psycopg_pool import AsyncConnectionPool
+
+from .client_bundle import client_route
+from .listener import Listener
+from .metrics import Metrics
+from .realtime import Realtime
+from .recovery import Replayer
+from .transport import close_websockets, websocket_handler
+
+log = logging.getLogger('crm_realtime.app')
+
+
+class _Base(tornado.web.RequestHandler):
+    def initialize(self, sidecar):
+        self.sidecar = sidecar
+
+    def set_default_headers(self):
+        self.set_header('Cache-Control', 'no-store')
+
+
+class HealthHandler(_Base):
+    """Process is up and serving HTTP."""
+    def get(self):
+        self.write({'status': 'ok'})
+
+
+class ReadyHandler(_Base):
+    """200 only while the LISTEN connection is active."""
+    def get(self):
+        listener = self.sidecar.listener
+        if listener.ready:
+            self.write({'status': 'ready'})
+        else:
+            self.set_status(503)
+            self.write({'status': 'not ready', 'listener': 'down',
+                        'last_error': listener.last_error})
+
+
+class MetricsHandler(_Base):
+    async def get(self):
+        await self.sidecar.refresh_gauges()
+        self.set_header('Content-Type', self.sidecar.metrics.content_type)
+        self.write(self.sidecar.metrics.render())
+
+
+class CursorHandler(_Base):
+    """The live stream position, for ``auth.since`` (read it before fetching the list)."""
+    def get(self):
+        cursor = self.sidecar.realtime.cursor()
+        if cursor is None:
+            self.set_status(503)
+            self.write({'error': 'the change stream is not available yet'})
+        else:
+            self.write({'cursor': cursor})
+
+
+class Sidecar:
+    def __init__(self, settings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.realtime = Realtime(settings, self.metrics)
+        self.listener = Listener(settings, self.realtime.on_changes, metrics=self.metrics)
+        # a few connections for recovery reads, metrics and the journal prune
+        self.pool = AsyncConnectionPool(
+            settings.database_url, min_size=1, max_size=4, open=False, name='crm-realtime',
+            kwargs={'autocommit': True, 'application_name': 'crm-realtime'})
+        self.realtime.listener = self.listener
+        self.realtime.replayer = Replayer(self.pool)
+        self.realtime.wake_listener = self.wake_listener
+        self.scheduler = AsyncIOScheduler()
+        self.components: List[object] = []
+        self.app = tornado.web.Application(self._routes())
+        self._server: Optional[tornado.httpserver.HTTPServer] = None
+        self._listener_task: Optional[asyncio.Task] = None
+        self._stopped = False
+        self.port: Optional[int] = None
+
+    def _routes(self):
+        ctx = {'sidecar': self}
+        routes = [
+            (r'/healthz', HealthHandler, ctx),
+            (r'/readyz', ReadyHandler, ctx),
+            (r'/metrics', MetricsHandler, ctx),
+            (r'/cursor', CursorHandler, ctx),
+            client_route('/client/'),
+        ]
+        for component in self._load_components():
+            self.components.append(component)
+            routes.extend(component.routes())
+        self._ws_handler = websocket_handler(self.realtime.sio,
+                                             compression=self.settings.websocket_compression)
+        self.realtime.fanout.websockets = self._ws_handler.by_eio_sid
+        routes.append((r'/socket.io/', self._ws_handler))
+        return routes
+
+    def _load_components(self):
+        """Features that add routes and jobs of their own (see sidecar/calendly)."""
+        from .calendly.component import CalendlyComponent
+        return [CalendlyComponent(self)]
+
+    async def start(self) -> None:
+        self._server = tornado.httpserver.HTTPServer(self.app, xheaders=True)
+        sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
+        self._server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        await self.pool.open(wait=False)
+        self._listener_task = asyncio.ensure_future(self.listener.run())
+        self.scheduler.add_job(self.prune_journal, 'interval', minutes=10, id='journal-prune',
+                               max_instances=1, coalesce=True)
+        for component in self.components:
+            component.schedule(self.scheduler)
+        self.scheduler.start()
+        log.info('serving on http://%s:%s', self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self._server is not None:
+            self._server.stop()
+        await self.listener.stop()
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            try:
+                await self._listener_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        # Close every client at the Engine.IO level: they see "transport close"
+        # and reconnect (to the restarted process or another replica) with
+        # their pid and offset, so they recover what they miss in between.
+        # Not eio.disconnect(): it waits for each polling client to collect its
+        # CLOSE packet, which a client that went away never does.
+        for socket in list(self.realtime.sio.eio.sockets.values()):
+            try:
+                await asyncio.wait_for(socket.close(wait=False, abort=False), 2)
+            except Exception:  # noqa: BLE001 - closing is best effort at shutdown
+                pass
+        close_websockets(self._ws_handler)
+        await self.realtime.sio.shutdown()
+        for component in self.components:
+            await component.close()
+        await self.pool.close()
+
+    async def wake_listener(self) -> None:
+        """NOTIFY our channel so every replica's listener reads the journal now."""
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT pg_catalog.pg_notify('crm_realtime', '')")
+        except Exception as exc:  # noqa: BLE001 - the periodic read still happens
+            log.debug('cannot wake the listener: %s', exc.__class__.__name__)
+
+    async def prune_journal(self) -> int:
+        keep = timedelta(hours=self.settings.journal_retention_hours)
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute('SELECT "crm_realtime"."prune"(%s)', (keep,))
+                deleted = (await cur.fetchone())[0]
+        except asyncio.CancelledError:
+            # shutdown: prune is one statement, rolled back whole; the next run redoes it
+            log.info('journal prune interrupted by shutdown')
+            return 0
+        if deleted:
+            log.info('pruned %d journal rows older than %s', deleted, keep)
+        return deleted
+
+    async def refresh_gauges(self) -> None:
+        self.metrics.listener_up.set(1 if self.listener.ready else 0)
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                cur = await conn.execute('SELECT pg_catalog.pg_notification_queue_usage()')
+                self.metrics.notify_queue_usage.set((await cur.fetchone())[0])
+        except Exception as exc:  # noqa: BLE001 - /metrics answers even without a database
+            log.warning('metrics: cannot read notification queue usage: %s', exc.__class__.__name__)

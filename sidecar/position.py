@@ -1,0 +1,103 @@
+"""Stream positions: what a client has received, as a fact about the journal.
+
+A position names a set of journal rows, ``D``:
+
+* ``"<S>"``: every row visible in PostgreSQL snapshot ``S``.
+* ``"<B>~<T>~<j>"``: every row visible in ``B``, plus the rows visible in the
+  later snapshot ``T`` (and not in ``B``) whose id is at most ``j``.
+
+The sidecar reads the journal in batches, a batch being the rows visible in a
+new snapshot ``T`` and not in the previous one ``B``, sent in id order. The
+offset sent with each event is the position just after it: ``B~T~j`` inside a
+batch, ``T`` after its last row. Because positions are made only of snapshots
+and ids, they mean the same thing to every replica and survive restarts.
+
+Positions travel to clients as the Socket.IO offset (the last event argument)
+and inside the ``pid``; everything read back from a client is validated here
+before it gets near SQL.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from typing import FrozenSet, NamedTuple, Optional, Tuple
+
+_SNAP = r'\d{1,20}:\d{1,20}:(?:\d{1,20}(?:,\d{1,20})*)?'
+_POSITION_RE = re.compile(rf'^({_SNAP})(?:~({_SNAP})~(\d{{1,20}}))?$')
+_PID_RE = re.compile(r'^([A-Za-z0-9_-]{8,40})(?:\.(.+))?$')
+MAX_TEXT = 4096    # a snapshot with a huge in-progress list is not worth recovering from
+
+
+class Snapshot(NamedTuple):
+    xmin: int
+    xmax: int
+    xip: FrozenSet[int]
+
+    @classmethod
+    def parse(cls, text: str) -> 'Snapshot':
+        xmin, xmax, xip = text.split(':')
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(',') if x))
+
+    def sees_all_of(self, other: 'Snapshot') -> bool:
+        """True when every transaction visible in ``other`` is visible here too."""
+        # visible(S) = {x < S.xmax and x not in S.xip}
+        if any(x < other.xmax and x not in other.xip for x in self.xip):
+            return False
+        if other.xmax > self.xmax:
+            missing = range(self.xmax, other.xmax)
+            return len(missing) <= len(other.xip) and all(x in other.xip for x in missing)
+        return True
+
+
+class Position(NamedTuple):
+    base: str
+    top: Optional[str] = None
+    last_id: Optional[int] = None
+
+    def encode(self) -> str:
+        return self.base if self.top is None else f'{self.base}~{self.top}~{self.last_id}'
+
+    @property
+    def horizon(self) -> str:
+        """The latest snapshot this position refers to."""
+        return self.top or self.base
+
+    @classmethod
+    def decode(cls, text: object) -> Optional['Position']:
+        """A position from client input, or None when it is not one of ours."""
+        if not isinstance(text, str) or len(text) > MAX_TEXT:
+            return None
+        m = _POSITION_RE.match(text)
+        if not m:
+            return None
+        base, top, last = m.groups()
+        for snap in (base, top):
+            if snap is not None:
+                s = Snapshot.parse(snap)
+                if s.xmin > s.xmax or any(not s.xmin <= x < s.xmax for x in s.xip):
+                    return None
+        if top is not None and not Snapshot.parse(top).sees_all_of(Snapshot.parse(base)):
+            return None
+        return cls(base, top, int(last) if last is not None else None)
+
+
+def batch_offsets(before: str, after: str, ids) -> Tuple[str, ...]:
+    """The offset after each row of a batch read between snapshots ``before`` and ``after``."""
+    ids = list(ids)
+    return tuple(after if i == len(ids) - 1 else f'{before}~{after}~{row_id}'
+                 for i, row_id in enumerate(ids))
+
+
+def new_pid(position: Optional[str]) -> str:
+    """A private session id that also remembers where the session started."""
+    token = secrets.token_urlsafe(12)
+    return token if position is None else f'{token}.{position}'
+
+
+def pid_position(pid: object) -> Optional[Position]:
+    if not isinstance(pid, str) or len(pid) > MAX_TEXT:
+        return None
+    m = _PID_RE.match(pid)
+    if not m or m.group(2) is None:
+        return None
+    return Position.decode(m.group(2))

@@ -1,0 +1,82 @@
+"""The HTTP/WebSocket transport under Socket.IO: engine.io's tornado handler, adjusted.
+
+Three changes, all about running in production:
+
+* Per-message deflate is off unless ``SIDECAR_WEBSOCKET_COMPRESSION`` is on.
+  The driver enables it by default; our events are small JSON, and a deflate
+  context costs CPU on every frame and a few hundred KB of zlib state per
+  connection, which is most of a socket's memory.
+* Open websockets are tracked so that a shutdown can close them. engine.io's
+  CLOSE packet is not acted on by socket.io-client, which only notices the
+  websocket closing; without this, clients of a stopped sidecar would wait for
+  a ping timeout (up to 45 s) before reconnecting and recovering elsewhere.
+* Each websocket is registered under its engine.io session id, so the fan-out
+  (fanout.py) can write one pre-built frame straight to its stream.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Dict, Optional
+
+import socketio
+
+
+def websocket_handler(sio, *, compression: bool):
+    base = socketio.get_tornado_handler(sio)
+
+    class Handler(base):
+        live = set()
+        by_eio_sid: Dict[str, 'Handler'] = {}
+
+        def open(self, *args, **kwargs):
+            type(self).live.add(self)
+            # an upgrade from polling names its session; a websocket-first
+            # connection is registered by the connect handler (register()).
+            sid = self.get_query_argument('sid', None)
+            if sid:
+                self.eio_sid = sid
+                type(self).by_eio_sid[sid] = self
+            return super().open(*args, **kwargs)
+
+        def on_close(self):
+            type(self).live.discard(self)
+            sid = getattr(self, 'eio_sid', None)
+            if sid is not None and type(self).by_eio_sid.get(sid) is self:
+                del type(self).by_eio_sid[sid]
+            super().on_close()
+
+        def get_compression_options(self):
+            return {} if compression else None
+
+        @classmethod
+        def register(cls, eio_sid: str, handler) -> None:
+            if isinstance(handler, cls) and handler.ws_connection is not None:
+                handler.eio_sid = eio_sid
+                cls.by_eio_sid[eio_sid] = handler
+
+    return Handler
+
+
+def close_websockets(handler_cls, code: int = 1001, reason: str = 'server shutting down') -> None:
+    for handler in list(handler_cls.live):
+        handler.close(code, reason)
+
+
+def text_frame(payload: str) -> bytes:
+    """An unmasked, uncompressed, final websocket text frame (RFC 6455 section 5.2)."""
+    data = payload.encode('utf-8')
+    n = len(data)
+    if n < 126:
+        return struct.pack('!BB', 0x81, n) + data
+    if n <= 0xFFFF:
+        return struct.pack('!BBH', 0x81, 126, n) + data
+    return struct.pack('!BBQ', 0x81, 127, n) + data
+
+
+def writable_stream(handler) -> Optional[object]:
+    """The handler's IOStream when a raw frame can be written to it, else None."""
+    conn = handler.ws_connection
+    if conn is None or conn.is_closing() or getattr(conn, '_compressor', None) is not None:
+        return None
+    stream = conn.stream
+    return None if stream.closed() else stream
