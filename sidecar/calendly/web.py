@@ -1,0 +1,132 @@
+"""``POST /webhooks/calendly/<connection id>``: Calendly's webhook deliveries.
+
+Failure policy (what Calendly gets back; the reason goes to the log, the
+response carries only a stable ``{"error": ...}``):
+
+* 413 - the body is larger than ``SIDECAR_CALENDLY_WEBHOOK_MAX_BYTES`` (a
+  declared Content-Length is refused before the body is read; a chunked body
+  that runs past the cap is cut off by tornado with a bare 400).
+* 404 - no connection has that id.
+* 401 - the signature is missing, malformed, older or newer than 3 minutes,
+  or wrong, or the connection has no signing key. Nothing is parsed or written.
+* 400 - the signed body is not JSON, or an invitee payload lacks what a
+  booking needs (the message names the field). Calendly redelivers; the
+  poller reads the same invitee from the API anyway.
+* 200 ``{"status": "ignored"}`` - an event kind other than invitee.created
+  and invitee.canceled.
+* 200 ``{"status": <outcome>}`` - applied, or ``duplicate`` when it already
+  was. An applied booking is recognised before anything that can fail.
+* 503 with Retry-After - the database (or, for a payload without its
+  ``scheduled_event``, Calendly) cannot be reached: nothing was written, and
+  Calendly's redelivery or the next poll applies it later.
+
+The booking is applied before answering: one short transaction, so the
+response comes well within Calendly's 15 s read timeout.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import tornado.web
+
+from . import booking as bk
+from .signature import HEADER, SignatureError, verify
+from .store import log_text
+
+log = logging.getLogger('crm_realtime.calendly.webhook')
+
+ROUTE = r'/webhooks/calendly/([0-9a-fA-F-]{36})'
+
+
+@tornado.web.stream_request_body
+class CalendlyWebhookHandler(tornado.web.RequestHandler):
+    def initialize(self, component):
+        self.component = component
+        self.max_bytes = component.settings.calendly_webhook_max_bytes
+
+    def set_default_headers(self):
+        self.set_header('Cache-Control', 'no-store')
+
+    def prepare(self):
+        self._chunks, self._size = [], 0
+        # bounds what tornado reads even for a chunked body without Content-Length
+        self.request.connection.set_max_body_size(self.max_bytes)
+        length = self.request.headers.get('Content-Length', '')
+        if length.isdigit() and int(length) > self.max_bytes:
+            self._refuse(413, 'body too large', f'Content-Length {length} > {self.max_bytes}')
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self.max_bytes:
+            self._chunks.append(chunk)
+
+    async def post(self, connection_id: str) -> None:
+        if self._size > self.max_bytes:
+            return self._refuse(413, 'body too large', f'{self._size} bytes > {self.max_bytes}')
+        body = b''.join(self._chunks)
+        component = self.component
+        try:
+            connection = await component.store.get(connection_id)
+            signing_key = None if connection is None else component.store.signing_key(connection)
+        except Exception as exc:  # noqa: BLE001 - database down or undecryptable key
+            return self._unavailable(connection_id, exc)
+        if connection is None:
+            return self._refuse(404, 'unknown connection', f'no connection {connection_id}')
+        if signing_key is None:
+            return self._refuse(401, 'invalid signature', 'the connection has no signing key '
+                                '(connect it with --webhook or --signing-key)')
+        try:
+            verify(self.request.headers.get(HEADER), body, signing_key, time.time())
+        except SignatureError as exc:
+            return self._refuse(401, 'invalid signature', str(exc))
+
+        try:
+            envelope = json.loads(body)
+        except ValueError:
+            return self._refuse(400, 'body is not JSON', 'signed body is not JSON')
+        try:
+            split = bk.split_webhook(envelope)
+        except bk.BookingError as exc:
+            return self._refuse(400, str(exc), str(exc))
+        if split is None:
+            log.info('calendly webhook %s: event %r ignored', connection_id, envelope.get('event'))
+            return self._answer(200, {'status': 'ignored'})
+        kind, payload = split
+
+        org = connection.organization_id
+        try:
+            if isinstance(payload.get('uri'), str) and await component.already_applied(
+                    org, kind, payload['uri']):
+                return self._answer(200, {'status': 'duplicate'})
+            scheduled_event = payload.get('scheduled_event')
+            if not isinstance(scheduled_event, dict) and isinstance(payload.get('event'), str):
+                scheduled_event = await component.fetch_scheduled_event(connection, payload['event'])
+            booking = bk.from_invitee(kind, payload, scheduled_event)
+        except (bk.BookingError, ValueError) as exc:
+            return self._refuse(400, str(exc), str(exc))
+        except Exception as exc:  # noqa: BLE001 - database or Calendly unreachable
+            return self._unavailable(connection_id, exc)
+        try:
+            outcome = await component.apply(connection, booking, 'webhook')
+        except Exception as exc:  # noqa: BLE001 - rolled back; redelivery or the poll retries it
+            return self._unavailable(connection_id, exc)
+        log.info('calendly webhook %s: %s %s -> %s', connection_id, kind, booking.invitee_uri,
+                 outcome.outcome)
+        self._answer(200, {'status': outcome.outcome})
+
+    def _answer(self, status: int, body) -> None:
+        self.set_status(status)
+        self.finish(body)
+
+    def _refuse(self, status: int, client_text: str, log_text: str) -> None:
+        log.warning('calendly webhook %s refused with %d: %s', self.path_args[0] if self.path_args
+                    else '?', status, log_text)
+        self._answer(status, {'error': client_text})
+
+    def _unavailable(self, connection_id: str, exc: Exception) -> None:
+        log.error('calendly webhook %s: answered 503, nothing written (%s)', connection_id, log_text(exc))
+        log.debug('calendly webhook %s: 503 cause', connection_id, exc_info=exc)
+        self.set_header('Retry-After', '60')
+        self._answer(503, {'error': 'temporarily unavailable'})
