@@ -1,0 +1,56 @@
+// A socket.io-client (the official one) driven over stdin/stdout by the Python tests.
+//
+// Configuration comes from the CLIENT_CONFIG environment variable (JSON):
+//   { url, token, transports, autoConnect, auth }
+// It connects exactly like the SPA's src/lib/socket.ts (auth: { token }) and
+// prints one JSON object per line for everything it observes:
+//   {type: "connect", id, recovered} | {type: "event", name, args}
+//   {type: "connect_error", message, data} | {type: "disconnect", reason}
+// Commands, one JSON object per line on stdin:
+//   {cmd: "drop"}        close the transport as a network failure would (client reconnects)
+//   {cmd: "hold"}        the same, but stay offline until "resume"
+//   {cmd: "resume", url} come back (optionally to another server: another replica)
+//   {cmd: "disconnect"}  socket.disconnect()
+//   {cmd: "connect"}     socket.connect()
+//   {cmd: "auth", token} replace auth.token for the next (re)connection
+//   {cmd: "exit"}
+import { io } from "socket.io-client";
+import { createInterface } from "node:readline";
+
+const config = JSON.parse(process.env.CLIENT_CONFIG || "{}");
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+const socket = io(config.url, {
+  auth: config.auth || { token: config.token },
+  transports: config.transports || ["websocket", "polling"],
+  reconnectionDelay: 100,
+  reconnectionDelayMax: 500,
+  autoConnect: config.autoConnect !== false,
+});
+
+socket.on("connect", () => out({ type: "connect", id: socket.id, recovered: socket.recovered,
+                                 transport: socket.io.engine.transport.name }));
+socket.on("connect_error", (error) => out({ type: "connect_error", message: error.message,
+                                            data: error.data ?? null }));
+socket.on("disconnect", (reason) => {
+  out({ type: "disconnect", reason });
+  // what the SPA contract does: the server closed the session, reconnect by hand
+  if (config.spa && reason === "io server disconnect") socket.connect();
+});
+socket.onAny((name, ...args) => out({ type: "event", name, args }));
+
+createInterface({ input: process.stdin }).on("line", (line) => {
+  if (!line.trim()) return;
+  const msg = JSON.parse(line);
+  if (msg.cmd === "drop") socket.io.engine.close();
+  else if (msg.cmd === "hold") { socket.io.reconnection(false); socket.io.engine.close(); }
+  else if (msg.cmd === "resume") {
+    if (msg.url) socket.io.uri = msg.url;
+    socket.io.reconnection(true);
+    socket.connect();
+  }
+  else if (msg.cmd === "disconnect") socket.disconnect();
+  else if (msg.cmd === "connect") socket.connect();
+  else if (msg.cmd === "auth") socket.auth = { ...socket.auth, token: msg.token };
+  else if (msg.cmd === "exit") { socket.disconnect(); process.exit(0); }
+}).on("close", () => { socket.disconnect(); process.exit(0); });

@@ -1,0 +1,278 @@
+"""docker-compose.yml, Dockerfile and .dockerignore, checked without a Docker engine.
+
+* The compose file is resolved by a real parser, Debian's ``docker-compose
+  config`` (v1.29, which validates against the Compose specification), after
+  doing step 1 of its instructions (copy the example env files, fill in the
+  blanks) in a scratch copy of the project.
+* The postgres service's first start is replayed: its init scripts, in the
+  order the image runs them, through ``psql -v ON_ERROR_STOP=1`` like the
+  image's entrypoint, into an empty database.
+* The image's command (the Dockerfile's ENTRYPOINT + CMD) runs locally with
+  the image's ENV and the sidecar service's resolved environment; only the
+  database URL, host and port are redirected to this machine. /readyz must
+  answer 200, and the compose health check command must pass (and fail with
+  nothing listening).
+
+Not validated: building the image, the postgres image itself, networking
+between containers, restart policies.
+"""
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SECRET, SidecarProcess, free_port
+
+yaml = pytest.importorskip('yaml')
+
+DOCKER_COMPOSE = shutil.which('docker-compose')
+needs_compose = pytest.mark.skipif(DOCKER_COMPOSE is None,
+                                   reason='needs docker-compose (apt install docker-compose)')
+DB_PASSWORD = 'compose-test-password'
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+def dockerfile_instructions():
+    """(INSTRUCTION, arguments) of ./Dockerfile, continuation lines joined."""
+    text = re.sub(r'\\\n', ' ', (ROOT / 'Dockerfile').read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith('#'):
+            word, _, rest = line.partition(' ')
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def final_stage():
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (word, _) in enumerate(instructions) if word == 'FROM')
+    return instructions[last_from:]
+
+
+def image_command():
+    """ENTRYPOINT + CMD of the final stage (both must use the exec form)."""
+    parts = {}
+    for word, rest in final_stage():
+        if word in ('ENTRYPOINT', 'CMD'):
+            parts[word] = json.loads(rest)
+    return parts.get('ENTRYPOINT', []) + parts.get('CMD', [])
+
+
+def image_env():
+    env = {}
+    for word, rest in final_stage():
+        if word == 'ENV':
+            for item in shlex.split(rest):
+                key, _, value = item.partition('=')
+                env[key] = value
+    return env
+
+
+def test_image_runs_crm_realtime_serve_as_a_non_root_user():
+    assert image_command() == ['crm-realtime', 'serve']
+    users = [rest for word, rest in final_stage() if word == 'USER']
+    assert users and users[-1] not in ('root', '0')
+    final_base = final_stage()[0][1]
+    assert final_base.startswith('python:') and 'slim' in final_base
+    assert image_env()['SIDECAR_HOST'] == '0.0.0.0'
+
+
+def test_the_wheel_the_image_installs_lists_every_sidecar_package():
+    # The image installs a wheel, not the checkout: a subpackage missing from
+    # setup.cfg would be missing from the image while every local test passes.
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / 'setup.cfg')
+    listed = set(cfg['options']['packages'].split())
+    on_disk = {'.'.join(p.parent.relative_to(ROOT).parts) for p in (ROOT / 'sidecar').rglob('__init__.py')
+               if '__pycache__' not in p.parts}
+    assert on_disk <= listed
+    assert {'sidecar.sql', 'sidecar.sql.examples'} <= listed
+
+
+# --------------------------------------------------------------------------- .dockerignore
+
+def _segments_match(pattern, path):
+    if not pattern:
+        return not path
+    if pattern[0] == '**':
+        return any(_segments_match(pattern[1:], path[i:]) for i in range(len(path) + 1))
+    return bool(path) and fnmatch.fnmatchcase(path[0], pattern[0]) and _segments_match(pattern[1:], path[1:])
+
+
+def docker_ignored(path, patterns):
+    """Docker's rule: the last matching pattern wins; a pattern matching a parent directory matches."""
+    ignored = False
+    parts = path.split('/')
+    for raw in patterns:
+        negate = raw.startswith('!')
+        pattern = raw[1:] if negate else raw
+        pattern = [p for p in pattern.strip('/').split('/') if p]
+        if any(_segments_match(pattern, parts[:n]) for n in range(1, len(parts) + 1)):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_secret():
+    patterns = [line.strip() for line in (ROOT / '.dockerignore').read_text().splitlines()
+                if line.strip() and not line.startswith('#')]
+    copied = []
+    for word, rest in dockerfile_instructions():
+        if word == 'COPY' and not rest.startswith('--from'):
+            copied.extend(s.rstrip('/') for s in rest.split()[:-1])
+    assert copied
+    for source in copied:
+        files = [p for p in (ROOT / source).rglob('*') if p.is_file()] if (ROOT / source).is_dir() else [ROOT / source]
+        for f in files:
+            rel = f.relative_to(ROOT).as_posix()
+            if '__pycache__' not in rel and not rel.endswith('.pyc'):
+                assert not docker_ignored(rel, patterns), rel
+    for secret_or_junk in ('.git/config', 'deploy/sidecar.env', '.env', 'tests/conftest.py',
+                           'addon/crm_realtime/__manifest__.py', 'sidecar/__pycache__/app.cpython-312.pyc',
+                           'tests/js/node_modules/ws/index.js'):
+        assert docker_ignored(secret_or_junk, patterns), secret_or_junk
+
+
+# --------------------------------------------------------------------------- compose
+
+@pytest.fixture
+def project(tmp_path):
+    """A scratch copy of the project after step 1 of docker-compose.yml's instructions."""
+    for name in ('docker-compose.yml', 'Dockerfile', '.dockerignore'):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / 'sql', tmp_path / 'sql')
+    (tmp_path / 'deploy').mkdir()
+    postgres_env = (ROOT / 'deploy' / 'postgres.env.example').read_text()
+    (tmp_path / 'deploy' / 'postgres.env').write_text(
+        postgres_env.replace('POSTGRES_PASSWORD=\n', f'POSTGRES_PASSWORD={DB_PASSWORD}\n'))
+    sidecar_env = (ROOT / 'deploy' / 'sidecar.env.example').read_text()
+    (tmp_path / 'deploy' / 'sidecar.env').write_text(
+        sidecar_env.replace(':POSTGRES_PASSWORD@', f':{DB_PASSWORD}@')
+                   .replace('SIDECAR_JWT_SECRET=\n', f'SIDECAR_JWT_SECRET={SECRET}\n'))
+    return tmp_path
+
+
+def volumes(service):
+    """(source, target, read_only) of each volume, whichever syntax the parser printed."""
+    out = []
+    for v in service.get('volumes', []):
+        if isinstance(v, str):
+            source, target, *mode = v.split(':')
+            out.append((source, target, mode == ['ro']))
+        else:
+            out.append((v['source'], v['target'], bool(v.get('read_only'))))
+    return out
+
+
+def init_scripts(service):
+    """Host paths of the /docker-entrypoint-initdb.d files, in the order the image runs them."""
+    return [source for target, source, _ in sorted(
+        (t, s, ro) for s, t, ro in volumes(service) if t.startswith('/docker-entrypoint-initdb.d/'))]
+
+
+def compose_config(project):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('COMPOSE_', 'DOCKER_'))}
+    result = subprocess.run([DOCKER_COMPOSE, '--project-directory', str(project),
+                             '-f', str(project / 'docker-compose.yml'), 'config'],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@needs_compose
+def test_compose_file_is_valid_and_wires_database_sidecar_and_health_checks(project):
+    config = compose_config(project)
+    postgres, sidecar = config['services']['postgres'], config['services']['sidecar']
+
+    assert postgres['image'].startswith('postgres:')
+    assert [Path(source).relative_to(project).as_posix() for source in init_scripts(postgres)] == [
+        'sql/examples/reference_crm.sql', 'sql/install.sql']
+    assert all(ro for source, _, ro in volumes(postgres) if source.startswith('/'))
+    assert 'pg_isready' in ' '.join(postgres['healthcheck']['test'])
+
+    assert Path(sidecar['build']['context']) == project
+    assert sidecar['depends_on'] == {'postgres': {'condition': 'service_healthy'}}
+    assert '/readyz' in ' '.join(sidecar['healthcheck']['test'])
+    (port,) = sidecar['ports']
+    target = port['target'] if isinstance(port, dict) else port.rsplit(':', 1)[-1]
+    assert str(target) == image_env()['SIDECAR_PORT']
+
+    env = sidecar['environment']
+    assert env['SIDECAR_JWT_SECRET'] == SECRET
+    db = postgres['environment']
+    assert env['SIDECAR_DATABASE_URL'] == (
+        f"postgresql://{db['POSTGRES_USER']}:{db['POSTGRES_PASSWORD']}@postgres:5432/{db['POSTGRES_DB']}")
+    # the database's secrets stay out of the sidecar and the reverse
+    assert not any(k.startswith('SIDECAR_') for k in db)
+    assert not any(k.startswith('POSTGRES_') for k in env)
+
+
+@needs_compose
+def test_compose_refuses_a_misspelt_key(project):
+    compose = project / 'docker-compose.yml'
+    compose.write_text(compose.read_text().replace('start_period: 10s', 'start_perod: 10s'))
+    result = subprocess.run([DOCKER_COMPOSE, '--project-directory', str(project), '-f', str(compose), 'config'],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and 'start_perod' in result.stderr
+
+
+def _psql(conninfo, path):
+    subprocess.run(['psql', '-v', 'ON_ERROR_STOP=1', '--no-psqlrc', '-q', '-d', conninfo, '-f', str(path)],
+                   check=True, capture_output=True, timeout=60)
+
+
+@needs_compose
+@pytest.mark.skipif(shutil.which('psql') is None, reason='needs psql')
+def test_image_command_serves_readyz_with_the_compose_environment(project, empty_database):
+    config = compose_config(project)
+    # 1. the postgres service's first start: its init scripts, in the image's order
+    postgres = config['services']['postgres']
+    for source in init_scripts(postgres):
+        _psql(empty_database.conninfo, source)
+    assert empty_database.execute("SELECT to_regclass('crm_realtime.journal') IS NOT NULL, "
+                                  "to_regclass('public.prospects') IS NOT NULL") == [(True, True)]
+
+    # 2. the image's command with the image's ENV and the service's environment;
+    #    only where the database is and which port to use differ on this machine
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith('SIDECAR_')}
+    env.update(image_env())
+    env.update(config['services']['sidecar']['environment'])
+    assert env['SIDECAR_DATABASE_URL'].split('@')[1] == 'postgres:5432/crm'
+    env.update(SIDECAR_DATABASE_URL=empty_database.url, SIDECAR_HOST='127.0.0.1', SIDECAR_PORT=str(port))
+    env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env.get('PATH', '')
+    command = image_command()
+    assert shutil.which(command[0], path=env['PATH']), f'{command[0]} is not installed here'
+
+    # SidecarProcess for its wait/stop/log helpers; it is started here with the
+    # image's command instead of its own ``python -m sidecar serve``
+    sidecar = SidecarProcess(env, port=port)
+    sidecar._log = open(sidecar.log_path, 'ab')
+    sidecar.proc = subprocess.Popen(command, env=env, stdout=sidecar._log, stderr=subprocess.STDOUT,
+                                    cwd=str(project))
+    try:
+        sidecar.wait_ready(timeout=30)
+        with urllib.request.urlopen(sidecar.url + '/readyz', timeout=5) as response:
+            assert response.status == 200
+            assert json.loads(response.read()) == {'status': 'ready'}
+
+        # 3. the compose health check, run as the container would (its python is ours)
+        check = config['services']['sidecar']['healthcheck']['test']
+        assert check[0] == 'CMD' and check[1] == 'python'
+        argv = [sys.executable] + check[2:]
+        assert subprocess.run(argv, env=env, timeout=30).returncode == 0
+        closed = dict(env, SIDECAR_PORT=str(free_port()))
+        assert subprocess.run(argv, env=closed, capture_output=True, timeout=30).returncode != 0
+    finally:
+        sidecar.stop()
+    assert SECRET not in sidecar.log() and DB_PASSWORD not in sidecar.log()

@@ -1,0 +1,183 @@
+"""What the DBA installs: idempotent install, clean uninstall, other table shapes."""
+import subprocess
+
+import psycopg
+import pytest
+
+from sidecar.events import FIELDS_BY_KIND
+from sidecar.sqlfiles import sql_text
+
+from conftest import ROOT, make_token
+
+pytestmark = pytest.mark.usefixtures('io_loop')
+
+
+def _psql(db, path):
+    """Run a file exactly as the README tells a DBA to."""
+    info = psycopg.conninfo.conninfo_to_dict(db.conninfo)
+    cmd = ['psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', info['dbname'], '-f', str(path)]
+    if info.get('host'):
+        cmd += ['-h', info['host']]
+    if info.get('port'):
+        cmd += ['-p', str(info['port'])]
+    cmd += ['-U', info.get('user', 'postgres')]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def _host_snapshot(db):
+    """Everything of the host's we promise not to touch: tables, columns, triggers, rows."""
+    return {
+        'columns': db.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                              "WHERE table_schema = 'public' ORDER BY 1, 2"),
+        'triggers': db.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger "
+                               "WHERE NOT tgisinternal ORDER BY 1, 2"),
+        'functions': db.execute("SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+                                "ON n.oid = p.pronamespace WHERE n.nspname NOT IN "
+                                "('pg_catalog', 'information_schema') ORDER BY 1"),
+        'schemas': db.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%' "
+                              "AND nspname <> 'information_schema' ORDER BY 1"),
+        'prospects': db.execute('SELECT * FROM prospects ORDER BY id'),
+        'notifications': db.execute('SELECT * FROM notifications ORDER BY id'),
+        'reservations': db.execute('SELECT * FROM dress_reservations ORDER BY id'),
+    }
+
+
+def test_install_twice_then_uninstall_leaves_host_as_it_was(empty_database):
+    db = empty_database
+    db.execute(sql_text('examples/reference_crm.sql'))
+    db.execute("INSERT INTO organizations VALUES (1, 'o')")
+    pid = db.insert_prospect(1, notes='kept')
+    db.execute("INSERT INTO dress_reservations (prospect_id, dress_code) VALUES (%s, 'D1')", [pid])
+    db.execute("INSERT INTO notifications (organization_id, type) VALUES (1, 'x')")
+    before = _host_snapshot(db)
+
+    for _ in range(2):
+        result = _psql(db, ROOT / 'sql' / 'install.sql')
+        assert result.returncode == 0, result.stderr
+    assert db.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'prospects'::regclass "
+                      "AND NOT tgisinternal ORDER BY 1") == [('crm_realtime_capture',),
+                                                            ('crm_realtime_capture_update',)]
+    db.execute("UPDATE prospects SET firstname = 'during'")
+    assert db.execute('SELECT op FROM crm_realtime.journal') == [('updated',)]
+    db.execute("UPDATE prospects SET firstname = 'Ada'")
+
+    for _ in range(2):
+        result = _psql(db, ROOT / 'sql' / 'uninstall.sql')
+        assert result.returncode == 0, result.stderr
+    after = _host_snapshot(db)
+    assert after == before
+
+
+def test_install_is_one_transaction(empty_database):
+    """A failure half-way leaves nothing behind (here: PostgreSQL refuses a bad watch)."""
+    db = empty_database
+    db.execute('CREATE TABLE prospects (id int primary key)')   # lacks the org column
+    result = _psql(db, ROOT / 'sql' / 'install.sql')
+    assert result.returncode != 0
+    assert 'has no column organization_id' in result.stderr
+    assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'crm_realtime'") == [(0,)]
+
+
+def test_install_files_open_with_a_header():
+    for name in ('install.sql', 'uninstall.sql'):
+        head = sql_text(name).splitlines()[:4]
+        assert head[0].startswith('-- crm-realtime:'), name
+        assert 'sql/uninstall.sql' in sql_text('install.sql').split('BEGIN;')[0]
+
+
+def test_sql_field_lists_match_the_event_core(database):
+    for kind, fields in FIELDS_BY_KIND.items():
+        assert database.execute('SELECT crm_realtime.event_fields(%s)', [kind])[0][0] == list(fields)
+
+
+def test_watch_rejects_unknown_columns_and_fields(database):
+    with pytest.raises(psycopg.errors.RaiseException, match='has no column nope'):
+        database.execute("SELECT crm_realtime.watch('prospects', 'prospect', 'nope')")
+    with pytest.raises(psycopg.errors.RaiseException, match='not a mappable prospect field'):
+        database.execute("""SELECT crm_realtime.watch('prospects', 'prospect', 'organization_id',
+                            p_fields => '{"color": "status"}')""")
+    with pytest.raises(psycopg.errors.RaiseException, match='not one of prospect, notification'):
+        database.execute("SELECT crm_realtime.watch('prospects', 'lead', 'organization_id')")
+
+
+def test_crm_role_needs_no_rights_on_our_schema_and_cannot_forge(database):
+    database.execute('CREATE ROLE crm_app_test LOGIN')
+    try:
+        database.execute('GRANT ALL ON prospects TO crm_app_test')
+        with database.connect() as conn:
+            conn.execute('SET ROLE crm_app_test')
+            conn.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'by app')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO crm_realtime.journal (kind, op, organization_id, data) "
+                             "VALUES ('prospect', 'created', '2', '{}')")
+        assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(1,)]
+    finally:
+        database.execute('DROP OWNED BY crm_app_test')
+        database.execute('DROP ROLE crm_app_test')
+
+
+ODOO_LIKE = """
+CREATE TABLE res_company (id serial PRIMARY KEY, name text);
+CREATE TABLE crm_lead (
+    id           serial PRIMARY KEY,
+    company_id   integer REFERENCES res_company,
+    contact_name text, partner_name text, email_from text, phone text,
+    stage        text, description text, color integer,
+    create_date  timestamp, write_date timestamp
+);
+"""
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_watch_a_differently_shaped_table(database, make_sidecar, clients):
+    database.execute(ODOO_LIKE)
+    database.execute("INSERT INTO res_company VALUES (1, 'c1'), (2, 'c2')")
+    database.execute("""SELECT crm_realtime.watch('crm_lead', 'prospect', 'company_id', 'id', '{
+        "firstname": "contact_name", "lastname": "partner_name", "email": "email_from",
+        "status": "stage", "source": null, "notes": "description",
+        "created_at": "create_date", "updated_at": "write_date"}')""")
+    sc = await make_sidecar(database)
+    c1 = await clients(sc.url, make_token(1, 11))
+    c2 = await clients(sc.url, make_token(2, 21))
+    lead_id = database.execute("INSERT INTO crm_lead (company_id, contact_name, email_from, stage, "
+                               "create_date, write_date) VALUES (1, 'Jo', 'jo@x.example', 'New', "
+                               "now(), now()) RETURNING id")[0][0]
+    database.execute('UPDATE crm_lead SET color = 3 WHERE id = %s', [lead_id])   # not published
+    database.execute("UPDATE crm_lead SET stage = 'Won' WHERE id = %s", [lead_id])
+    database.execute('UPDATE crm_lead SET company_id = 2 WHERE id = %s', [lead_id])
+    await c1.wait_events(3)
+    await c2.wait_events(1)
+    assert [e[0] for e in c1.events] == ['prospect:created', 'prospect:updated', 'prospect:deleted']
+    created = c1.events[0][1]
+    assert created['id'] == str(lead_id)          # integer keys become strings
+    assert created['firstname'] == 'Jo' and created['email'] == 'jo@x.example'
+    assert created['source'] is None and created['phone'] is None
+    # naive timestamps (Odoo stores UTC) are published with an offset
+    assert created['created_at'][-6] in '+-' and created['updated_at'][-6] in '+-'
+    assert c1.events[1][1]['status'] == 'Won'
+    assert c2.events[0][0] == 'prospect:created' and c2.events[0][1]['status'] == 'Won'
+    # a second install upgrades the generated function but keeps the DBA's mapping
+    database.execute(sql_text('install.sql'))
+    fields = database.execute("SELECT fields FROM crm_realtime.watched_table "
+                              "WHERE relation = 'crm_lead'::regclass")[0][0]
+    assert fields['email'] == 'email_from' and fields['source'] is None
+
+
+def test_unwatch_removes_trigger_and_function(database):
+    database.execute("SELECT crm_realtime.unwatch('prospects')")
+    assert database.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'prospects'::regclass "
+                            "AND NOT tgisinternal") == [(0,)]
+    assert database.execute("SELECT to_regproc('crm_realtime.capture_prospects')") == [(None,)]
+    database.insert_prospect(1)
+    assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(0,)]
+
+
+def test_prune_records_its_watermark(database):
+    database.insert_prospect(1)
+    database.insert_prospect(1)
+    assert database.execute("SELECT crm_realtime.prune('1 hour')") == [(0,)]
+    assert database.execute("SELECT crm_realtime.prune('0 seconds')") == [(2,)]
+    pruned_below, current = database.execute(
+        'SELECT pruned_below::text::bigint, pg_current_xact_id()::text::bigint '
+        'FROM crm_realtime.journal_state')[0]
+    assert 0 < pruned_below <= current
