@@ -33,6 +33,40 @@ SECRET = 'test-secret-' + 'x' * 40
 OUTPUT = Path(os.environ.get('CRM_REALTIME_TEST_OUTPUT', ROOT / 'test-output'))
 
 
+# --------------------------------------------------------------------------- event loop
+
+@pytest.fixture
+def io_loop():
+    """pytest-tornado's per-test IOLoop, closed only after its leftover tasks end.
+
+    A test that fails half-way (or a client the server dropped) can leave
+    engine.io read/write/ping tasks pending. Closing the loop under them makes
+    Python print "Task was destroyed but it is pending!" at exit, after the
+    pytest summary, which buries the summary in CI's log. Cancel and await them
+    while the loop still runs.
+    """
+    import tornado.ioloop
+    loop = tornado.ioloop.IOLoop()
+    loop.make_current()
+    yield loop
+    aio = loop.asyncio_loop
+
+    async def drain():
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        await aio.shutdown_asyncgens()
+
+    try:
+        loop.run_sync(drain, timeout=10)
+    finally:
+        loop.clear_current()
+        loop.close(all_fds=True)
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 def _reachable(url: str) -> bool:
