@@ -163,6 +163,34 @@ async def test_oversized_body_is_413_before_it_is_read(database, fake_calendly, 
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_oversized_chunked_body_is_413_as_soon_as_it_passes_the_cap(database, fake_calendly,
+                                                                         make_sidecar):
+    import asyncio
+    sc, connection = await start(database, make_sidecar, fake_calendly, SIDECAR_CALENDLY_WEBHOOK_MAX_BYTES='2048')
+    invitee = fake_calendly.book(TOKEN, email='dana@example.com', name='Dana Reyes' + ' ' * 3000)
+    body = fake_calendly.encode(fake_calendly.envelope('invitee.created', invitee))
+    reader, writer = await asyncio.open_connection('127.0.0.1', sc.port)
+    writer.write((f'POST /webhooks/calendly/{connection.id} HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+                  f'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n'
+                  f'Calendly-Webhook-Signature: {sign(SIGNING_KEY, int(time.time()), body)}\r\n\r\n').encode())
+    # 1 KiB chunks; the answer must come once the cap is passed, before the body ends
+    sent = 0
+    for start_at in range(0, 3072, 1024):
+        piece = body[start_at:start_at + 1024]
+        writer.write(b'%x\r\n%s\r\n' % (len(piece), piece))
+        sent += len(piece)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'), 10)
+    status_line = head.split(b'\r\n', 1)[0]
+    assert status_line.startswith(b'HTTP/1.1 413'), head
+    length = int([h.split(b':', 1)[1] for h in head.split(b'\r\n') if h.lower().startswith(b'content-length')][0])
+    assert json.loads(await reader.readexactly(length)) == {'error': 'body too large'}
+    assert sent < len(body)  # the terminating chunk was never sent
+    writer.close()
+    assert crm_is_untouched(database)
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_unknown_connection_is_404(database, fake_calendly, make_sidecar):
     sc, _ = await start(database, make_sidecar, fake_calendly)
     response = await fake_calendly.post_signed(

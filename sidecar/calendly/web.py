@@ -3,9 +3,10 @@
 Failure policy (what Calendly gets back; the reason goes to the log, the
 response carries only a stable ``{"error": ...}``):
 
-* 413 - the body is larger than ``SIDECAR_CALENDLY_WEBHOOK_MAX_BYTES`` (a
+* 413 - the body is larger than ``SIDECAR_CALENDLY_WEBHOOK_MAX_BYTES``. A
   declared Content-Length is refused before the body is read; a chunked body
-  that runs past the cap is cut off by tornado with a bare 400).
+  is answered as soon as it runs past the cap, and the connection is closed
+  (tornado stops reading it at a hard ceiling of the cap plus 64 KiB).
 * 404 - no connection has that id.
 * 401 - the signature is missing, malformed, older or newer than 3 minutes,
   or wrong, or the connection has no signing key. Nothing is parsed or written.
@@ -38,6 +39,8 @@ from .store import log_text
 log = logging.getLogger('crm_realtime.calendly.webhook')
 
 ROUTE = r'/webhooks/calendly/([0-9a-fA-F-]{36})'
+#: how far past the cap tornado keeps reading a chunked body before it drops the connection
+HARD_CEILING_SLACK = 64 * 1024
 
 
 @tornado.web.stream_request_body
@@ -51,20 +54,26 @@ class CalendlyWebhookHandler(tornado.web.RequestHandler):
 
     def prepare(self):
         self._chunks, self._size = [], 0
-        # bounds what tornado reads even for a chunked body without Content-Length
-        self.request.connection.set_max_body_size(self.max_bytes)
+        # A hard bound on what tornado reads even for a chunked body without
+        # Content-Length; above the cap, so data_received can answer 413 first.
+        self.request.connection.set_max_body_size(self.max_bytes + HARD_CEILING_SLACK)
         length = self.request.headers.get('Content-Length', '')
         if length.isdigit() and int(length) > self.max_bytes:
             self._refuse(413, 'body too large', f'Content-Length {length} > {self.max_bytes}')
 
     def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
         self._size += len(chunk)
         if self._size <= self.max_bytes:
             self._chunks.append(chunk)
+        else:
+            self._chunks = []
+            self._refuse(413, 'body too large', f'more than {self.max_bytes} bytes (chunked)')
 
     async def post(self, connection_id: str) -> None:
-        if self._size > self.max_bytes:
-            return self._refuse(413, 'body too large', f'{self._size} bytes > {self.max_bytes}')
+        if self._finished:  # refused while the body was still arriving
+            return
         body = b''.join(self._chunks)
         component = self.component
         try:
