@@ -65,10 +65,11 @@ async def test_connect_with_webhook_list_reauthorise_and_disconnect(database, fa
     assert listed['status'] == 'active' and listed['webhook_subscription'] == subscription['uri']
     assert listed['signing_key'] is True and TOKEN not in out
 
-    # the token is revoked: a poll marks the connection, and `list` says what to do
+    # the token is revoked: a poll marks the connection, and `list` says what to do. Either
+    # this command or the sidecar's own scheduled poll may be the one that meets the 401.
     fake_calendly.revoke(TOKEN)
     code, out, _ = await cli(env, 'poll')
-    assert code == 1 and 'error: Calendly answered 401 Unauthenticated' in out
+    assert code == 1 and 'Calendly answered 401 Unauthenticated' in out
     code, out, _ = await cli(env, 'list')
     assert 'status: NEEDS_REAUTH - run `crm-realtime calendly connect` with a new token' in out
     assert 'last error: Calendly answered 401 Unauthenticated: The access token is invalid' in out
@@ -88,6 +89,29 @@ async def test_connect_with_webhook_list_reauthorise_and_disconnect(database, fa
     assert fake_calendly.subscriptions == {}
     assert database.execute('SELECT count(*) FROM crm_realtime.calendly_connection') == [(0,)]
     assert database.execute('SELECT count(*) FROM prospects') == [(1,)]    # the CRM keeps its prospects
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_poll_reports_a_connection_another_process_marked_for_reauthorisation(
+        database, fake_calendly, make_sidecar):
+    sc, env = await setup(database, make_sidecar, fake_calendly)
+    fake_calendly.add_user(TOKEN)
+    code, out, err = await cli(env, 'connect', '--organization', '1', '--token', TOKEN)
+    assert code == 0, err
+    (connection_id,) = [row[0] for row in database.execute('SELECT id::text FROM crm_realtime.calendly_connection')]
+    code, out, _ = await cli(env, 'poll')
+    assert code == 0 and f'{connection_id}: 0 events, 0 fetched, 0 bookings applied; ok' in out
+
+    # the running sidecar met the 401 first (its scheduled poll)
+    await component_of(sc).store.mark_needs_reauth(connection_id, 'Calendly answered 401 Unauthenticated: revoked')
+    for args in (['poll'], ['poll', connection_id]):
+        code, out, _ = await cli(env, *args)
+        assert code == 1, out
+        assert out.strip() == (f'{connection_id}: not polled; needs re-authorisation '
+                               '(last error: Calendly answered 401 Unauthenticated: revoked)')
+
+    code, out, _ = await cli(env, 'poll', '00000000-0000-4000-8000-000000000000')
+    assert code == 1 and 'no such connection' in out
 
 
 @pytest.mark.gen_test(timeout=60)

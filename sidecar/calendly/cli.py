@@ -15,7 +15,7 @@ import sys
 from ..settings import ConfigError, load_settings
 from .client import CalendlyError, Forbidden, RetryPolicy, Unauthorized
 from .component import Calendly, webhook_path
-from .store import ACTIVE
+from .store import ACTIVE, NEEDS_REAUTH
 
 #: the CLI waits for a human: a shorter patience than the poller's
 CLI_POLICY = RetryPolicy(attempts=3, max_rate_wait=60)
@@ -181,6 +181,11 @@ async def _disconnect(calendly: Calendly, args) -> int:
 
 
 async def _poll(calendly: Calendly, args) -> int:
+    """Poll now; exit 1 when a connection failed or cannot be polled until re-authorised.
+
+    A connection the running sidecar has just marked ``needs_reauth`` is not
+    polled, but it is reported the same way, whichever process saw the 401.
+    """
     if args.connection:
         results = [await calendly.poller.poll_connection(args.connection)]
     else:
@@ -190,7 +195,19 @@ async def _poll(calendly: Calendly, args) -> int:
         state = 'skipped: another process is polling it' if r.locked_out else \
             f'error: {r.error}' if r.error else 'ok'
         failed += bool(r.error)
-        print(f'{r.connection_id}: {r.events} events, {r.events_fetched} fetched, '
-              f'{r.applied} bookings applied; {state}')
+        if r.error or r.locked_out or r.polled:
+            print(f'{r.connection_id}: {r.events} events, {r.events_fetched} fetched, '
+                  f'{r.applied} bookings applied; {state}')
+    if args.connection and not results[0].polled and not results[0].locked_out \
+            and await calendly.store.get(args.connection) is None:
+        print(f'{args.connection}: no such connection (see `crm-realtime calendly list`)')
+        return 1
+    reported = {r.connection_id for r in results if r.error}
+    for c in await calendly.store.list(status=NEEDS_REAUTH):
+        if c.id in reported or (args.connection and c.id != args.connection):
+            continue
+        failed += 1
+        print(f'{c.id}: not polled; needs re-authorisation'
+              + (f' (last error: {c.last_error})' if c.last_error else ''))
     return 1 if failed else 0
 

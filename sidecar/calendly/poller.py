@@ -44,6 +44,7 @@ log = logging.getLogger('crm_realtime.calendly.poller')
 class PollResult:
     connection_id: str
     locked_out: bool = False        # another process was polling it
+    polled: bool = False            # it was active and this process polled it
     events: int = 0                 # scheduled events listed
     events_fetched: int = 0         # events whose invitees were fetched
     bookings: int = 0               # bookings handed to the writer (applied or duplicate)
@@ -92,6 +93,7 @@ class Poller:
             if connection is None or connection.status != ACTIVE:
                 return result
             started = datetime.now(timezone.utc)
+            result.polled = True
             try:
                 await self._poll(connection, result)
             except Unauthorized as exc:
