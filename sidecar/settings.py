@@ -159,6 +159,9 @@ SETTINGS: Tuple[Setting, ...] = (
             _optional_key, secret=True, file_variant=True),
     Setting('calendly_poll_seconds', '300', 'Interval between two polls of each Calendly connection '
             '(a random jitter of up to 10% is added).', _int_range(5, 86400)),
+    Setting('calendly_first_poll_seconds', '60', 'The first poll after start-up comes at a random '
+            'point between 5 s and this many seconds (at most one interval), so replicas restarted '
+            'together do not poll at once.', _int_range(5, 86400)),
     Setting('calendly_lookback_hours', '24', 'How far before the watermark each poll looks again.',
             _float_range(0, 24 * 90)),
     Setting('calendly_prospect_status', 'new', 'Status given to prospects created from a Calendly booking.',

@@ -418,7 +418,7 @@ class _Subscription(_Handler):
 def calendly_env(fake: FakeCalendly, **extra) -> Dict[str, str]:
     """Sidecar settings pointing at the fake; polls are started by the tests themselves."""
     env = {'SIDECAR_CALENDLY_API_URL': fake.base, 'SIDECAR_CALENDLY_ENCRYPTION_KEY': ENCRYPTION_KEY,
-           'SIDECAR_CALENDLY_POLL_SECONDS': '86400'}
+           'SIDECAR_CALENDLY_POLL_SECONDS': '86400', 'SIDECAR_CALENDLY_FIRST_POLL_SECONDS': '86400'}
     env.update(extra)
     return env
 

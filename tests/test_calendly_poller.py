@@ -269,6 +269,17 @@ async def test_the_scheduled_job_polls_on_its_interval(database, fake_calendly, 
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_first_poll_comes_soon_after_start_up_within_the_setting(database, fake_calendly, make_sidecar):
+    before = datetime.now(timezone.utc)
+    sc = await make_sidecar(database, **calendly_env(fake_calendly, SIDECAR_CALENDLY_POLL_SECONDS='600',
+                                                     SIDECAR_CALENDLY_FIRST_POLL_SECONDS='20'))
+    after = datetime.now(timezone.utc)
+    job = sc.scheduler.get_job('calendly-poll')
+    assert job.trigger.interval == timedelta(seconds=600)
+    assert before + timedelta(seconds=5) <= job.next_run_time <= after + timedelta(seconds=20)
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_reauth_gauge_is_right_from_start_up(database, fake_calendly, make_sidecar):
     sc, component, connection = await start(database, make_sidecar, fake_calendly)
     await component.store.mark_needs_reauth(connection.id, 'Calendly answered 401')

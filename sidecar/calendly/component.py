@@ -125,7 +125,8 @@ class CalendlyComponent(Calendly):
         # The first run comes soon after start-up (spread so replicas restarted
         # together do not poll at once): a restart must not wait a whole
         # interval to catch up on bookings whose webhooks were lost meanwhile.
-        first = datetime.now(timezone.utc) + timedelta(seconds=random.uniform(5, min(60, seconds)))
+        spread = min(self.settings.calendly_first_poll_seconds, seconds)
+        first = datetime.now(timezone.utc) + timedelta(seconds=random.uniform(5, spread))
         scheduler.add_job(self.poll_all, 'interval', seconds=seconds, jitter=max(1, seconds // 10),
                           id='calendly-poll', max_instances=1, coalesce=True, next_run_time=first)
         # once at start-up, so the gauge is right before the first poll
