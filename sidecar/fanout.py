@@ -23,7 +23,12 @@ rest. What it does differently from ``AsyncServer.emit``:
   message). Order is kept: the frame is written directly only when the
   socket's engine.io queue has no packet put and not yet written
   (``_unfinished_tasks == 0``: its writer has taken everything and written it
-  in the same step); otherwise it joins the queue like any packet.
+  in the same step); otherwise it joins the queue like any packet;
+* when tornado holds no unsent bytes for that stream, the frame is handed to
+  the socket with one ``send`` call, skipping the Future and bookkeeping
+  ``IOStream.write`` makes per call (about a fifth of the fan-out's CPU in a
+  py-spy profile). Whatever the kernel does not take goes through
+  ``IOStream.write``, behind nothing, so bytes stay in order.
 
 Everything else (rooms, connection bookkeeping) stays python-socketio's.
 """
@@ -33,13 +38,28 @@ from typing import Optional
 
 from engineio import packet as eio_packet
 from engineio.exceptions import EngineIOError
-from tornado.iostream import StreamClosedError
+from tornado.iostream import SSLIOStream, StreamClosedError
 from socketio import packet as sio_packet
 
 from .events import Delivery
 from .transport import text_frame, writable_stream
 
 NAMESPACE = '/'
+
+
+def _send_some(sock, frame: bytes) -> int:
+    """One non-blocking send; 0 when the kernel takes nothing or the socket failed.
+
+    Failure is left to tornado: the caller then hands the frame to
+    ``IOStream.write``, which meets the same error and closes the stream the
+    usual way (on_close, disconnect handlers).
+    """
+    try:
+        return sock.send(frame)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError:
+        return 0
 
 
 class Fanout:
@@ -68,7 +88,13 @@ class Fanout:
         if stream is None:
             return False
         try:
-            stream.write(frame)     # tornado retrieves a failed write's exception itself
+            if getattr(stream, '_write_buffer', True) or stream._connecting \
+                    or isinstance(stream, SSLIOStream):
+                stream.write(frame)      # behind bytes tornado still holds: queue after them
+            else:
+                sent = _send_some(stream.socket, frame)
+                if sent < len(frame):    # kernel buffer full: tornado keeps the rest
+                    stream.write(frame[sent:] if sent else frame)
         except StreamClosedError:
             return False
         self.frames_written += 1

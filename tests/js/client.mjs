@@ -13,9 +13,13 @@
 //   {cmd: "disconnect"}  socket.disconnect()
 //   {cmd: "connect"}     socket.connect()
 //   {cmd: "auth", token} replace auth.token for the next (re)connection
+//   {cmd: "pause"}       stop reading the websocket (a slow reader: the server's kernel
+//                        buffer fills up), until {cmd: "unpause"}
 //   {cmd: "exit"}
+// With config.digest, a string field over 64 characters is printed as "<length>:<sha1 hex>".
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
+import { createHash } from "node:crypto";
 
 const config = JSON.parse(process.env.CLIENT_CONFIG || "{}");
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
@@ -37,7 +41,13 @@ socket.on("disconnect", (reason) => {
   // what the SPA contract does: the server closed the session, reconnect by hand
   if (config.spa && reason === "io server disconnect") socket.connect();
 });
-socket.onAny((name, ...args) => out({ type: "event", name, args }));
+const digest = (value) => {
+  if (!config.digest || value === null || typeof value !== "object" || Array.isArray(value)) return value;
+  return Object.fromEntries(Object.entries(value).map(([k, v]) =>
+    [k, typeof v === "string" && v.length > 64
+      ? `${v.length}:${createHash("sha1").update(v).digest("hex")}` : v]));
+};
+socket.onAny((name, ...args) => out({ type: "event", name, args: args.map(digest) }));
 
 createInterface({ input: process.stdin }).on("line", (line) => {
   if (!line.trim()) return;
@@ -52,5 +62,7 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   else if (msg.cmd === "disconnect") socket.disconnect();
   else if (msg.cmd === "connect") socket.connect();
   else if (msg.cmd === "auth") socket.auth = { ...socket.auth, token: msg.token };
+  else if (msg.cmd === "pause") socket.io.engine.transport.ws.pause();
+  else if (msg.cmd === "unpause") socket.io.engine.transport.ws.resume();
   else if (msg.cmd === "exit") { socket.disconnect(); process.exit(0); }
 }).on("close", () => { socket.disconnect(); process.exit(0); });
