@@ -12,13 +12,49 @@ Three changes, all about running in production:
   a ping timeout (up to 45 s) before reconnecting and recovering elsewhere.
 * Each websocket is registered under its engine.io session id, so the fan-out
   (fanout.py) can write one pre-built frame straight to its stream.
+* Incoming messages wait in a small inbox instead of an ``asyncio.Queue``
+  (four deques, about 3 KB per connection, for what is one reader and a
+  handful of client messages: pongs, acks). The engine.io driver touches the
+  queue only through ``on_message``, ``get_next_message`` and ``on_close``,
+  which the subclass keeps.
 """
 from __future__ import annotations
 
+import asyncio
 import struct
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import socketio
+
+
+class Inbox:
+    """An unbounded single-reader FIFO: what engine.io's driver needs of its receive queue."""
+    __slots__ = ('_items', '_waiter')
+
+    def __init__(self):
+        self._items: List[object] = []
+        self._waiter: Optional[asyncio.Future] = None
+
+    def put_nowait(self, item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def put(self, item) -> None:
+        self.put_nowait(item)
+
+    async def get(self):
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 def websocket_handler(sio, *, compression: bool):
@@ -27,6 +63,16 @@ def websocket_handler(sio, *, compression: bool):
     class Handler(base):
         live = set()
         by_eio_sid: Dict[str, 'Handler'] = {}
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.receive_queue = Inbox()
+
+        async def on_message(self, message):
+            self.receive_queue.put_nowait(message)
+
+        async def get_next_message(self):
+            return await self.receive_queue.get()
 
         def open(self, *args, **kwargs):
             type(self).live.add(self)

@@ -75,9 +75,16 @@ async def test_refused_connection_receives_no_events(database, make_sidecar, cli
 @pytest.mark.gen_test(timeout=60)
 async def test_bearer_header_for_non_browser_clients(database, make_sidecar, clients):
     sc = await make_sidecar(database)
-    c = await clients(sc.url, None, headers={'Authorization': 'Bearer ' + make_token(1, 11)})
+    token = make_token(1, 11)
+    c = await clients(sc.url, None, headers={'Authorization': 'Bearer ' + token,
+                                             'Cookie': 'crm_session=' + 'c' * 2000})
     database.insert_prospect(1)
     await c.wait_events(1)
+    # the connection does not keep the bearer token or the CRM's cookies around
+    (environ,) = sc.realtime.sio.environ.values()
+    assert not any(token in str(v) or 'crm_session' in str(v) for v in environ.values())
+    assert 'HTTP_AUTHORIZATION' not in environ and 'HTTP_COOKIE' not in environ
+    assert environ['HTTP_HOST'].startswith('127.0.0.1:')
 
 
 @pytest.mark.gen_test(timeout=60)
