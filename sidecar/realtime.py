@@ -68,6 +68,7 @@ class Realtime:
             # ([] would turn its origin check off altogether)
             cors_allowed_origins=cors if cors else None,
             transports=['polling', 'websocket'],
+            ping_interval=settings.ping_interval_seconds, ping_timeout=settings.ping_timeout_seconds,
             logger=False, engineio_logger=False)
         self.fanout = Fanout(self.sio, metrics)
         self.listener = None       # set by the app: gives the live position

@@ -45,6 +45,10 @@ class RecoveringServer(socketio.AsyncServer):
         super().__init__(*args, **kwargs)
         self._connect_pids = {}      # (eio_sid, namespace) -> pid to announce
 
+    def _engineio_server_class(self):
+        from .transport import SpreadPingServer
+        return SpreadPingServer
+
     def announce_pid(self, sid: str, namespace: str, pid: str) -> None:
         """Called by the connect handler: the CONNECT sent for ``sid`` will carry ``pid``."""
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)

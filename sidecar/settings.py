@@ -142,6 +142,11 @@ SETTINGS: Tuple[Setting, ...] = (
             'list of http(s)://host[:port]; empty = same origin only.', _cors),
     Setting('websocket_compression', 'false', 'Per-message deflate on websockets. Off by default: '
             'events are small and deflate costs CPU per frame and memory per connection.', _bool),
+    Setting('ping_interval_seconds', '25', 'How often the server pings each client (socket.io\'s '
+            'pingInterval). Each ping comes at a random point of the last tenth of the interval, so '
+            'clients that connected together are not pinged in one burst.', _float_range(1, 3600)),
+    Setting('ping_timeout_seconds', '20', 'How long a client may take to answer a ping before it is '
+            'dropped (socket.io\'s pingTimeout).', _float_range(1, 3600)),
     Setting('log_level', 'INFO', 'DEBUG, INFO, WARNING or ERROR.', _log_level),
     Setting('journal_retention_hours', '24', 'How long changes stay in the journal (and a '
             'disconnected client can catch up).', _float_range(0.01, 24 * 365)),

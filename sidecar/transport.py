@@ -12,6 +12,12 @@ Three changes, all about running in production:
   a ping timeout (up to 45 s) before reconnecting and recovering elsewhere.
 * Each websocket is registered under its engine.io session id, so the fan-out
   (fanout.py) can write one pre-built frame straight to its stream.
+* Pings are spread out (``SpreadPingServer``). engine.io pings a socket one
+  interval after its last pong, so sockets that connected together (every
+  client after a restart) stay in step for ever and are pinged in one burst:
+  one writer-task wake-up, a ``write_message`` and a pong per socket, all in
+  the same tick, in front of whatever event is being delivered. Measured with
+  200 clients: the burst held deliveries up to ~28 ms, against ~14 ms without it.
 * Incoming messages wait in a small inbox instead of an ``asyncio.Queue``
   (four deques, about 3 KB per connection, for what is one reader and a
   handful of client messages: pongs, acks). The engine.io driver touches the
@@ -21,10 +27,34 @@ Three changes, all about running in production:
 from __future__ import annotations
 
 import asyncio
+import random
 import struct
 from typing import Dict, List, Optional
 
+import engineio
 import socketio
+
+#: each ping comes at a random point of the last PING_SPREAD of the interval
+PING_SPREAD = 0.1
+
+
+class SpreadPingServer(engineio.AsyncServer):
+    """engine.io whose ``ping_interval`` is read as a fresh random value in [0.9, 1] x interval.
+
+    engine.io reads ``ping_interval`` when it sleeps before a socket's next
+    ping, in the handshake (the client's ``pingInterval``) and for its poll
+    timeout. Every value read is at most the configured interval, so a client
+    always hears a ping within what it was told, and sockets drift apart
+    instead of being pinged in the same tick.
+    """
+
+    @property
+    def ping_interval(self) -> float:
+        return self._ping_every * (1.0 - PING_SPREAD * random.random())
+
+    @ping_interval.setter
+    def ping_interval(self, value: float) -> None:
+        self._ping_every = value
 
 
 class Inbox:
@@ -76,6 +106,10 @@ def websocket_handler(sio, *, compression: bool):
 
         def open(self, *args, **kwargs):
             type(self).live.add(self)
+            # tornado leaves Nagle's algorithm on for websockets: a frame written
+            # while an earlier one is unacknowledged waits for the peer's delayed
+            # ACK (tens of ms). Events are small and latency is the point.
+            self.set_nodelay(True)
             # an upgrade from polling names its session; a websocket-first
             # connection is registered by the connect handler (register()).
             sid = self.get_query_argument('sid', None)

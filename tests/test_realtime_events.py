@@ -236,3 +236,50 @@ async def test_a_slow_reader_gets_every_large_event_whole_and_in_order(database,
     assert [p['notes'] for p in created] == [f'100000:{hashlib.sha1(n.encode()).hexdigest()}' for n in notes]
     # one websocket from start to end: no frame was torn (a reconnect's recovery would hide it)
     assert len(slow.of_type('connect')) == 1 and slow.of_type('disconnect') == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_pings_are_spread_and_keep_clients_connected(database, make_sidecar, clients, node_clients):
+    import json
+    from tornado.httpclient import AsyncHTTPClient
+    sc = await make_sidecar(database, SIDECAR_PING_INTERVAL_SECONDS='2', SIDECAR_PING_TIMEOUT_SECONDS='2')
+    eio = sc.realtime.sio.eio
+    # every read is a fresh point of the last tenth of the interval, never above it
+    reads = [eio.ping_interval for _ in range(500)]
+    assert all(1.8 <= r <= 2.0 for r in reads) and max(reads) - min(reads) > 0.1
+    assert eio.ping_timeout == 2
+    # the handshake tells the client at most the configured interval (engine.io
+    # truncates it to whole seconds)
+    response = await AsyncHTTPClient().fetch(sc.url + '/socket.io/?EIO=4&transport=polling')
+    opened = json.loads(response.body.decode()[1:])
+    assert opened['pingInterval'] in (1000, 2000) and opened['pingTimeout'] == 2000
+
+    py = await clients(sc.url, make_token(1, 11))
+    ws = await node_clients(sc.url, make_token(1, 12), transports=('websocket',))
+    polling = await node_clients(sc.url, make_token(1, 11), transports=('polling',))
+    for c in (ws, polling):
+        await c.wait_for(lambda n: n.of_type('connect'))
+    await asyncio.sleep(5)     # a few ping/pong rounds, each answered through the inbox
+    database.insert_prospect(1, firstname='After pings')
+    for c in (py, ws, polling):
+        await c.wait_for(lambda r: [e for e in r.events if e[0] == 'prospect:created'])
+    assert py.disconnect_reasons == []
+    assert ws.of_type('disconnect') == [] and polling.of_type('disconnect') == []
+    assert len(ws.of_type('connect')) == 1 and len(polling.of_type('connect')) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_websockets_send_small_frames_without_nagle_delay(database, make_sidecar, clients, node_clients):
+    import socket
+    sc = await make_sidecar(database)
+    await clients(sc.url, make_token(1, 11))
+    upgraded = await node_clients(sc.url, make_token(1, 12), transports=('polling', 'websocket'))
+    await upgraded.wait_for(lambda n: n.of_type('connect'))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(sc.realtime.fanout.websockets) < 2:      # the upgrade registers itself
+        assert loop.time() < deadline, 'the polling client never upgraded'
+        await asyncio.sleep(0.05)
+    for handler in sc.realtime.fanout.websockets.values():
+        sock = handler.ws_connection.stream.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
