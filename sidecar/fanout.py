@@ -56,9 +56,7 @@ def _send_some(sock, frame: bytes) -> int:
     """
     try:
         return sock.send(frame)
-    except (BlockingIOError, InterruptedError):
-        return 0
-    except OSError:
+    except OSError:     # BlockingIOError (buffer full) included
         return 0
 
 
