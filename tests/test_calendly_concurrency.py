@@ -33,7 +33,7 @@ async def waiting_backends(database, n, timeout=10.0):
     while True:
         waits = database.execute(
             "SELECT wait_event FROM pg_stat_activity WHERE application_name = 'crm-realtime calendly' "
-            "AND wait_event_type = 'Lock'")
+            "AND wait_event_type = 'Lock' AND datname = current_database()")
         if len(waits) >= n:
             return sorted(w[0] for w in waits)
         assert loop.time() < deadline, f'only {len(waits)} processors reached the lock'
