@@ -42,6 +42,19 @@ def _swallow(task: asyncio.Future) -> None:
         task.exception()
 
 
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _drain(conn: psycopg.AsyncConnection) -> bool:
+    """Take the notifications that can be had without waiting; True if there were any."""
+    got = False
+    async for _ in conn.notifies(timeout=0):
+        got = True
+    return got
+
+
 OnChanges = Callable[[str, str, List[Change]], Awaitable[None]]
 
 
@@ -61,6 +74,7 @@ class Listener:
         self.reconnects = 0
         self.last_error: Optional[str] = None
         self._advanced = asyncio.Event()
+        self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
 
     async def wait_advanced(self, timeout: float) -> bool:
         """Wait until the next journal read completes; False on timeout."""
@@ -105,6 +119,8 @@ class Listener:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self._readable is not None:
+            _resolve(self._readable)
         await self._close()
 
     async def _connect(self) -> None:
@@ -123,14 +139,41 @@ class Listener:
         conn = self._conn
         await self._read()          # catch up on whatever committed while we were away
         while not self._stopping:
-            woke = False
-            async for _ in conn.notifies(timeout=self._check, stop_after=1):
-                woke = True
+            woke = await self._notified(conn, self._check)
             if self._stopping:
                 return
             if not woke:
                 await self._bounded(conn.execute('SELECT 1'))
             await self._read()
+
+    async def _notified(self, conn: psycopg.AsyncConnection, timeout: float) -> bool:
+        """True when a notification (or anything else from the server) came within ``timeout``.
+
+        Not ``conn.notifies(timeout=...)``: while it waits, psycopg wakes every
+        100 ms to poll its socket, ten times a second on an idle sidecar. Here
+        the notifications psycopg already holds (those that arrived during the
+        last read) are taken without waiting; otherwise the task sleeps until
+        the socket is readable, ``stop()`` is called, or ``timeout`` passes.
+        A closed or broken connection shows up as readable, and the drain
+        that follows raises, which the run loop handles.
+        """
+        if await _drain(conn):
+            return True
+        loop = asyncio.get_running_loop()
+        readable = self._readable = loop.create_future()
+        fd = conn.fileno()
+        loop.add_reader(fd, _resolve, readable)
+        try:
+            await asyncio.wait_for(readable, timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._readable = None
+            loop.remove_reader(fd)
+        if self._stopping:
+            return False
+        await _drain(conn)
+        return True
 
     async def _read(self) -> None:
         before = self.position
