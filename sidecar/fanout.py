@@ -28,12 +28,17 @@ rest. What it does differently from ``AsyncServer.emit``:
   the socket with one ``send`` call, skipping the Future and bookkeeping
   ``IOStream.write`` makes per call (about a fifth of the fan-out's CPU in a
   py-spy profile). Whatever the kernel does not take goes through
-  ``IOStream.write``, behind nothing, so bytes stay in order.
+  ``IOStream.write``, behind nothing, so bytes stay in order;
+* a websocket whose unsent backlog passes ``SIDECAR_MAX_BACKLOG_BYTES`` (a
+  client that stopped reading) is closed at once, its backlog dropped,
+  instead of holding memory without bound. The client reconnects and gets
+  what it missed from the journal (connection-state recovery), exactly once.
 
 Everything else (rooms, connection bookkeeping) stays python-socketio's.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from engineio import packet as eio_packet
@@ -45,6 +50,7 @@ from .events import Delivery
 from .transport import text_frame, writable_stream
 
 NAMESPACE = '/'
+log = logging.getLogger('crm_realtime.fanout')
 
 
 def _send_some(sock, frame: bytes) -> int:
@@ -61,8 +67,9 @@ def _send_some(sock, frame: bytes) -> int:
 
 
 class Fanout:
-    def __init__(self, sio, metrics=None):
+    def __init__(self, sio, metrics=None, max_backlog: int = 0):
         self._sio = sio
+        self.max_backlog = max_backlog      # bytes; 0 = no limit
         self._manager = sio.manager
         self._eio = sio.eio
         self._metrics = metrics
@@ -77,7 +84,8 @@ class Fanout:
         if register is not None:
             register(self._manager.eio_sid_from_sid(sid, NAMESPACE), handler)
 
-    def _write_frame(self, socket, eio_sid, frame) -> bool:
+    def _write_frame(self, socket, eio_sid, frame) -> Optional[bool]:
+        """True: written (or queued in tornado); False: not eligible; None: closed as too slow."""
         if frame is None or not socket.upgraded or socket.upgrading \
                 or getattr(socket.queue, '_unfinished_tasks', 1) != 0:
             return False
@@ -85,6 +93,9 @@ class Fanout:
         stream = writable_stream(handler) if handler is not None else None
         if stream is None:
             return False
+        if self.max_backlog and len(getattr(stream, '_write_buffer', b'')) > self.max_backlog:
+            self._close_slow(eio_sid, stream)
+            return None
         try:
             if getattr(stream, '_write_buffer', True) or stream._connecting \
                     or isinstance(stream, SSLIOStream):
@@ -98,12 +109,23 @@ class Fanout:
         self.frames_written += 1
         return True
 
+    def _close_slow(self, eio_sid, stream) -> None:
+        log.warning('websocket %s has %d bytes unsent (limit %d): closing it; the client will '
+                    'reconnect and catch up from the journal', eio_sid, len(stream._write_buffer),
+                    self.max_backlog)
+        if self._metrics:
+            self._metrics.slow_clients_closed.inc()
+        stream.close()      # drops the backlog now; the close reaches engine.io as a disconnect
+
     def _send_now(self, eio_sid, pkts, frame=None) -> bool:
         """The direct path, synchronous: no coroutine per recipient."""
         socket = self._eio.sockets.get(eio_sid)
         if socket is None or socket.closed or socket.closing:
             return False
-        if not self._write_frame(socket, eio_sid, frame):
+        written = self._write_frame(socket, eio_sid, frame)
+        if written is None:         # closed as too slow
+            return False
+        if not written:
             for p in pkts:
                 socket.queue.put_nowait(p)
         return True

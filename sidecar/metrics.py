@@ -35,6 +35,10 @@ class Metrics:
         self.notify_queue_usage = Gauge(
             'crm_realtime_notify_queue_usage', "pg_notification_queue_usage() of the CRM database",
             registry=r)
+        self.slow_clients_closed = Counter(
+            'crm_realtime_slow_clients_closed',
+            'Websockets closed because their unsent backlog passed SIDECAR_MAX_BACKLOG_BYTES',
+            registry=r)
         self.calendly_connections_needing_reauth = Gauge(
             'crm_realtime_calendly_connections_needing_reauth',
             'Calendly connections whose token was refused (401)', registry=r)

@@ -70,7 +70,7 @@ class Realtime:
             transports=['polling', 'websocket'],
             ping_interval=settings.ping_interval_seconds, ping_timeout=settings.ping_timeout_seconds,
             logger=False, engineio_logger=False)
-        self.fanout = Fanout(self.sio, metrics)
+        self.fanout = Fanout(self.sio, metrics, max_backlog=settings.max_backlog_bytes)
         self.listener = None       # set by the app: gives the live position
         self.replayer = None       # set by the app: reads the journal for recovery
         self.wake_listener = None  # set by the app: async callable that NOTIFYs

@@ -142,6 +142,9 @@ SETTINGS: Tuple[Setting, ...] = (
             'list of http(s)://host[:port]; empty = same origin only.', _cors),
     Setting('websocket_compression', 'false', 'Per-message deflate on websockets. Off by default: '
             'events are small and deflate costs CPU per frame and memory per connection.', _bool),
+    Setting('max_backlog_bytes', str(8 * 1024 * 1024), 'Bytes a websocket may have waiting to be '
+            'sent before the server closes it (a client that stopped reading). The client reconnects '
+            'and catches up from the journal. 0 = no limit.', _int_range(0, 1 << 40)),
     Setting('ping_interval_seconds', '25', 'How often the server pings each client (socket.io\'s '
             'pingInterval). Each ping comes at a random point of the last tenth of the interval, so '
             'clients that connected together are not pinged in one burst.', _float_range(1, 3600)),

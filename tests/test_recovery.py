@@ -261,3 +261,36 @@ async def test_prune_job_keeps_the_retention_window(database, make_sidecar):
                      "WHERE data->>'firstname' = 'old'")
     assert await sc.prune_journal() == 1
     assert database.execute("SELECT data->>'firstname' FROM crm_realtime.journal") == [('recent',)]
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_client_that_stops_reading_is_closed_and_catches_up_from_the_journal(
+        database, make_sidecar, node_clients):
+    """Past SIDECAR_MAX_BACKLOG_BYTES of unsent frames the websocket is closed (memory stays
+    bounded); the official client reconnects, recovers, and has every event once, in order."""
+    import hashlib
+    sc = await make_sidecar(database, SIDECAR_MAX_BACKLOG_BYTES=str(1_000_000))
+    slow = await node_clients(sc.url, make_token(1, 11), transports=('websocket',), digest=True)
+    await slow.wait_for(lambda n: n.of_type('connect'))
+    await slow.send(cmd='pause')
+    await asyncio.sleep(0.2)
+    notes = [f'{i:04d}' + 'n' * 99_996 for i in range(120)]          # 12 MB in all
+    with database.connect(autocommit=False) as conn:
+        for i, text in enumerate(notes):
+            conn.execute("INSERT INTO prospects (organization_id, firstname, notes) VALUES (1, %s, %s)",
+                         [f'p{i}', text])
+            if i % 20 == 19:
+                conn.commit()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while b'crm_realtime_slow_clients_closed_total 1.0' not in \
+            (await AsyncHTTPClient().fetch(sc.url + '/metrics')).body:
+        assert loop.time() < deadline, 'the backlog never passed the limit'
+        await asyncio.sleep(0.1)
+    await slow.send(cmd='unpause')
+    await slow.wait_for(lambda n: len(n.of_type('connect')) >= 2 and len(n.events) >= 120, timeout=60)
+    connects = slow.of_type('connect')
+    assert len(connects) == 2 and connects[1]['recovered'] is True
+    created = [e[1] for e in slow.events if e[0] == 'prospect:created']
+    assert [p['firstname'] for p in created] == [f'p{i}' for i in range(120)]
+    assert [p['notes'] for p in created] == [f'100000:{hashlib.sha1(n.encode()).hexdigest()}' for n in notes]
