@@ -23,10 +23,15 @@ Three changes, all about running in production:
   handful of client messages: pongs, acks). The engine.io driver touches the
   queue only through ``on_message``, ``get_next_message`` and ``on_close``,
   which the subclass keeps.
+* Each engine.io socket's outgoing queue (``AsyncServer.create_queue``) is an
+  ``asyncio.Queue`` whose four deques (760 bytes each, even empty) are
+  replaced by lists: a socket's queue holds a few packets at most, and the
+  fan-out writes most events around it (``LightQueue``).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import struct
 from typing import Dict, List, Optional
@@ -38,6 +43,43 @@ import socketio
 PING_SPREAD = 0.1
 
 
+class _Fifo(list):
+    """A list with the one deque method asyncio's Queue and Event call on their waiters."""
+    __slots__ = ()
+
+    def popleft(self):
+        return self.pop(0)
+
+
+class LightQueue(asyncio.Queue):
+    """``asyncio.Queue`` with list storage: same behaviour, about 2.8 KB less per instance.
+
+    ``_init``/``_get``/``_put`` are the hooks asyncio documents for subclasses
+    (PriorityQueue and LifoQueue use them). The waiter deques are asyncio's
+    own attributes; they are swapped only when present with the expected
+    type, so a Python that changes them gets a plain queue.
+    """
+
+    def __init__(self, maxsize: int = 0):
+        super().__init__(maxsize)
+        finished = getattr(self, '_finished', None)
+        if isinstance(getattr(self, '_getters', None), collections.deque) \
+                and isinstance(getattr(self, '_putters', None), collections.deque) \
+                and isinstance(getattr(finished, '_waiters', None), collections.deque):
+            self._getters = _Fifo()
+            self._putters = _Fifo()
+            finished._waiters = _Fifo()
+
+    def _init(self, maxsize):
+        self._queue = _Fifo()
+
+    def _get(self):
+        return self._queue.pop(0)
+
+    def _put(self, item):
+        self._queue.append(item)
+
+
 class SpreadPingServer(engineio.AsyncServer):
     """engine.io whose ``ping_interval`` is read as a fresh random value in [0.9, 1] x interval.
 
@@ -47,6 +89,9 @@ class SpreadPingServer(engineio.AsyncServer):
     always hears a ping within what it was told, and sockets drift apart
     instead of being pinged in the same tick.
     """
+
+    def create_queue(self, *args, **kwargs):
+        return LightQueue(*args, **kwargs)
 
     @property
     def ping_interval(self) -> float:

@@ -249,6 +249,7 @@ async def test_pings_are_spread_and_keep_clients_connected(database, make_sideca
     reads = [eio.ping_interval for _ in range(500)]
     assert all(1.8 <= r <= 2.0 for r in reads) and max(reads) - min(reads) > 0.1
     assert eio.ping_timeout == 2
+    from sidecar.transport import LightQueue
     # the handshake tells the client at most the configured interval (engine.io
     # truncates it to whole seconds)
     response = await AsyncHTTPClient().fetch(sc.url + '/socket.io/?EIO=4&transport=polling')
@@ -266,6 +267,8 @@ async def test_pings_are_spread_and_keep_clients_connected(database, make_sideca
         await c.wait_for(lambda r: [e for e in r.events if e[0] == 'prospect:created'])
     assert py.disconnect_reasons == []
     assert ws.of_type('disconnect') == [] and polling.of_type('disconnect') == []
+    # every engine.io socket queues its packets in the light queue
+    assert len(eio.sockets) >= 3 and all(type(s.queue) is LightQueue for s in eio.sockets.values())
     assert len(ws.of_type('connect')) == 1 and len(polling.of_type('connect')) == 1
 
 
