@@ -178,6 +178,36 @@ def empty_database(pg_admin_url):
     yield from _scratch_database(pg_admin_url, 'crm_rt_empty_')
 
 
+def write_large_prospects(database: Database, count: int = 120, per_commit: int = 20) -> List[str]:
+    """Insert ``count`` prospects p0..p<count-1> with 100 KB of notes each; return the notes."""
+    notes = [f'{i:04d}' + 'n' * 99_996 for i in range(count)]
+    with database.connect(autocommit=False) as conn:
+        for i, text in enumerate(notes):
+            conn.execute("INSERT INTO prospects (organization_id, firstname, notes) VALUES (1, %s, %s)",
+                         [f'p{i}', text])
+            if i % per_commit == per_commit - 1:
+                conn.commit()
+        conn.commit()
+    return notes
+
+
+def assert_large_prospects_received(events, notes: List[str]) -> None:
+    """Every prospect of write_large_prospects, once, in order, whole (as the Node client's digest)."""
+    import hashlib
+    created = [e[1] for e in events if e[0] == 'prospect:created']
+    assert [p['firstname'] for p in created] == [f'p{i}' for i in range(len(notes))]
+    assert [p['notes'] for p in created] == [f'{len(n)}:{hashlib.sha1(n.encode()).hexdigest()}' for n in notes]
+
+
+async def paused_reader(sc, node_clients):
+    """An official client over websocket that has stopped reading its socket."""
+    slow = await node_clients(sc.url, make_token(1, 11), transports=('websocket',), digest=True)
+    await slow.wait_for(lambda n: n.of_type('connect'))
+    await slow.send(cmd='pause')
+    await asyncio.sleep(0.2)
+    return slow
+
+
 # --------------------------------------------------------------------------- tokens
 
 def make_token(organization_id=1, user_id=11, *, secret=SECRET, algorithm='HS256',

@@ -1,13 +1,12 @@
 """The realtime core end to end: CRM write -> trigger -> LISTEN -> Socket.IO client."""
 import asyncio
-import hashlib
 import datetime
 
 import pytest
 
 from sidecar.events import NOTIFICATION_FIELDS, PROSPECT_FIELDS
 
-from conftest import make_token
+from conftest import assert_large_prospects_received, make_token, paused_reader, write_large_prospects
 
 pytestmark = pytest.mark.usefixtures('io_loop')
 
@@ -214,17 +213,8 @@ async def test_a_slow_reader_gets_every_large_event_whole_and_in_order(database,
     once the kernel's buffer is full, the rest queues in tornado behind what it holds.
     (The backlog limit is off here; test_recovery.py covers a client closed for passing it.)"""
     sc = await make_sidecar(database, SIDECAR_MAX_BACKLOG_BYTES='0')
-    slow = await node_clients(sc.url, make_token(1, 11), transports=('websocket',), digest=True)
-    await slow.wait_for(lambda n: n.of_type('connect'))
-    await slow.send(cmd='pause')
-    await asyncio.sleep(0.2)
-    notes = [f'{i:04d}' + 'n' * 99_996 for i in range(120)]          # 12 MB in all
-    with database.connect(autocommit=False) as conn:
-        for i, text in enumerate(notes):
-            conn.execute("INSERT INTO prospects (organization_id, firstname, notes) VALUES (1, %s, %s)",
-                         [f'p{i}', text])
-            if i % 20 == 19:
-                conn.commit()
+    slow = await paused_reader(sc, node_clients)
+    notes = write_large_prospects(database)          # 12 MB in all
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     while _unsent_bytes(sc) == 0:
@@ -232,9 +222,7 @@ async def test_a_slow_reader_gets_every_large_event_whole_and_in_order(database,
         await asyncio.sleep(0.05)
     await slow.send(cmd='unpause')
     await slow.wait_events(120, timeout=60)
-    created = [e[1] for e in slow.events if e[0] == 'prospect:created']
-    assert [p['firstname'] for p in created] == [f'p{i}' for i in range(120)]
-    assert [p['notes'] for p in created] == [f'100000:{hashlib.sha1(n.encode()).hexdigest()}' for n in notes]
+    assert_large_prospects_received(slow.events, notes)
     # one websocket from start to end: no frame was torn (a reconnect's recovery would hide it)
     assert len(slow.of_type('connect')) == 1 and slow.of_type('disconnect') == []
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import free_port, make_token
+from conftest import assert_large_prospects_received, free_port, make_token, paused_reader, write_large_prospects
 
 pytestmark = pytest.mark.usefixtures('io_loop')
 
@@ -268,19 +268,9 @@ async def test_a_client_that_stops_reading_is_closed_and_catches_up_from_the_jou
         database, make_sidecar, node_clients):
     """Past SIDECAR_MAX_BACKLOG_BYTES of unsent frames the websocket is closed (memory stays
     bounded); the official client reconnects, recovers, and has every event once, in order."""
-    import hashlib
     sc = await make_sidecar(database, SIDECAR_MAX_BACKLOG_BYTES=str(1_000_000))
-    slow = await node_clients(sc.url, make_token(1, 11), transports=('websocket',), digest=True)
-    await slow.wait_for(lambda n: n.of_type('connect'))
-    await slow.send(cmd='pause')
-    await asyncio.sleep(0.2)
-    notes = [f'{i:04d}' + 'n' * 99_996 for i in range(120)]          # 12 MB in all
-    with database.connect(autocommit=False) as conn:
-        for i, text in enumerate(notes):
-            conn.execute("INSERT INTO prospects (organization_id, firstname, notes) VALUES (1, %s, %s)",
-                         [f'p{i}', text])
-            if i % 20 == 19:
-                conn.commit()
+    slow = await paused_reader(sc, node_clients)
+    notes = write_large_prospects(database)          # 12 MB in all
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     while b'crm_realtime_slow_clients_closed_total 1.0' not in \
@@ -291,6 +281,4 @@ async def test_a_client_that_stops_reading_is_closed_and_catches_up_from_the_jou
     await slow.wait_for(lambda n: len(n.of_type('connect')) >= 2 and len(n.events) >= 120, timeout=60)
     connects = slow.of_type('connect')
     assert len(connects) == 2 and connects[1]['recovered'] is True
-    created = [e[1] for e in slow.events if e[0] == 'prospect:created']
-    assert [p['firstname'] for p in created] == [f'p{i}' for i in range(120)]
-    assert [p['notes'] for p in created] == [f'100000:{hashlib.sha1(n.encode()).hexdigest()}' for n in notes]
+    assert_large_prospects_received(slow.events, notes)
