@@ -93,12 +93,12 @@ class Fanout:
         stream = writable_stream(handler) if handler is not None else None
         if stream is None:
             return False
-        if self.max_backlog and len(getattr(stream, '_write_buffer', b'')) > self.max_backlog:
+        pending = getattr(stream, '_write_buffer', None)     # tornado's unsent bytes
+        if self.max_backlog and pending is not None and len(pending) > self.max_backlog:
             self._close_slow(eio_sid, stream)
             return None
         try:
-            if getattr(stream, '_write_buffer', True) or stream._connecting \
-                    or isinstance(stream, SSLIOStream):
+            if pending is None or pending or stream._connecting or isinstance(stream, SSLIOStream):
                 stream.write(frame)      # behind bytes tornado still holds: queue after them
             else:
                 sent = _send_some(stream.socket, frame)

@@ -46,8 +46,8 @@ class RecoveringServer(socketio.AsyncServer):
         self._connect_pids = {}      # (eio_sid, namespace) -> pid to announce
 
     def _engineio_server_class(self):
-        from .transport import SpreadPingServer
-        return SpreadPingServer
+        from .transport import EngineIOServer
+        return EngineIOServer
 
     def announce_pid(self, sid: str, namespace: str, pid: str) -> None:
         """Called by the connect handler: the CONNECT sent for ``sid`` will carry ``pid``."""

@@ -12,7 +12,7 @@ Three changes, all about running in production:
   a ping timeout (up to 45 s) before reconnecting and recovering elsewhere.
 * Each websocket is registered under its engine.io session id, so the fan-out
   (fanout.py) can write one pre-built frame straight to its stream.
-* Pings are spread out (``SpreadPingServer``). engine.io pings a socket one
+* Pings are spread out (``EngineIOServer``). engine.io pings a socket one
   interval after its last pong, so sockets that connected together (every
   client after a restart) stay in step for ever and are pinged in one burst:
   one writer-task wake-up, a ``write_message`` and a pong per socket, all in
@@ -80,8 +80,12 @@ class LightQueue(asyncio.Queue):
         self._queue.append(item)
 
 
-class SpreadPingServer(engineio.AsyncServer):
-    """engine.io whose ``ping_interval`` is read as a fresh random value in [0.9, 1] x interval.
+class EngineIOServer(engineio.AsyncServer):
+    """engine.io with light socket queues, and pings spread out.
+
+    ``create_queue`` (engine.io's hook for a socket's outgoing queue) makes a
+    ``LightQueue``. ``ping_interval`` is read as a fresh random value in
+    [0.9, 1] x interval.
 
     engine.io reads ``ping_interval`` when it sleeps before a socket's next
     ping, in the handshake (the client's ``pingInterval``) and for its poll
