@@ -112,6 +112,10 @@ async def test_poll_reports_a_connection_another_process_marked_for_reauthorisat
 
     code, out, _ = await cli(env, 'poll', '00000000-0000-4000-8000-000000000000')
     assert code == 1 and 'no such connection' in out
+    # a malformed id is refused before it reaches the database, with the way to find a good one
+    for args in (['poll', 'not-a-uuid'], ['disconnect', '123']):
+        code, out, err = await cli(env, *args)
+        assert code == 2 and 'is not a connection id' in err and 'Traceback' not in err
 
 
 @pytest.mark.gen_test(timeout=60)

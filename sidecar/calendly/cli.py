@@ -7,10 +7,12 @@ Exit status: 0 done, 1 Calendly or the database refused, 2 configuration error.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import secrets
 import sys
+import uuid
 
 from ..settings import ConfigError, load_settings
 from .client import CalendlyError, Forbidden, RetryPolicy, Unauthorized
@@ -19,6 +21,15 @@ from .store import ACTIVE, NEEDS_REAUTH
 
 #: the CLI waits for a human: a shorter patience than the poller's
 CLI_POLICY = RetryPolicy(attempts=3, max_rate_wait=60)
+
+
+def _connection_id(text: str) -> str:
+    """argparse type: a connection id is a UUID; anything else is refused before the database."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a connection id (a UUID; see `crm-realtime calendly list`)') from None
 
 
 def add_parser(subparsers) -> None:
@@ -45,12 +56,13 @@ def add_parser(subparsers) -> None:
     ls.set_defaults(func=_run(_list))
 
     d = sub.add_parser('disconnect', help='delete a connection and its webhook subscription')
-    d.add_argument('connection', help='connection id (see `calendly list`)')
+    d.add_argument('connection', type=_connection_id, help='connection id (see `calendly list`)')
     d.add_argument('--keep-webhook', action='store_true', help='leave the subscription in Calendly')
     d.set_defaults(func=_run(_disconnect))
 
     pl = sub.add_parser('poll', help='poll now (one connection, or every active one)')
-    pl.add_argument('connection', nargs='?', help='connection id; default: all active connections')
+    pl.add_argument('connection', nargs='?', type=_connection_id,
+                    help='connection id; default: all active connections')
     pl.set_defaults(func=_run(_poll))
 
 
