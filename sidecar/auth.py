@@ -70,7 +70,10 @@ class TokenVerifier:
             claims = jwt.decode(
                 token, self._key, algorithms=self._algorithms,
                 audience=self._audience, issuer=self._issuer, leeway=self._leeway,
-                options={'require': ['exp'], 'verify_aud': self._audience is not None})
+                # sub is checked below like any id claim (a CRM may sign {"sub": 7});
+                # pyjwt >= 2.10 would refuse anything but a string
+                options={'require': ['exp'], 'verify_aud': self._audience is not None,
+                         'verify_sub': False})
         except jwt.ExpiredSignatureError:
             raise AuthError('token_expired', 'token expired') from None
         except jwt.InvalidSignatureError:
@@ -92,7 +95,12 @@ class TokenVerifier:
         if org is None:
             raise AuthError(f'missing_claim:{self._org_claim}',
                             f'token has no usable {self._org_claim} claim')
-        user = _claim_as_id(claims.get(self._user_claim))
+        raw_user = claims.get(self._user_claim)
+        user = _claim_as_id(raw_user)
+        if raw_user is not None and (isinstance(raw_user, bool) or not isinstance(raw_user, (int, str))):
+            raise AuthError('invalid_token',
+                            f'token {self._user_claim} claim is a {type(raw_user).__name__}, '
+                            'not a string or an integer')
         try:
             exp = float(claims['exp'])
         except (TypeError, ValueError):

@@ -26,6 +26,8 @@ _SNAP = r'\d{1,20}:\d{1,20}:(?:\d{1,20}(?:,\d{1,20})*)?'
 _POSITION_RE = re.compile(rf'^({_SNAP})(?:~({_SNAP})~(\d{{1,20}}))?$')
 _PID_RE = re.compile(r'^([A-Za-z0-9_-]{8,40})(?:\.(.+))?$')
 MAX_TEXT = 4096    # a snapshot with a huge in-progress list is not worth recovering from
+#: transaction ids are xid8 (epoch << 32 | xid); anything at or above 2^63 is not one of ours
+MAX_XID = 2 ** 63 - 1
 
 
 class Snapshot(NamedTuple):
@@ -38,14 +40,19 @@ class Snapshot(NamedTuple):
         xmin, xmax, xip = text.split(':')
         return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(',') if x))
 
+    def visible(self, xid: int) -> bool:
+        """Is transaction ``xid`` visible in this snapshot (pg_visible_in_snapshot)?"""
+        return xid < self.xmin or (xid < self.xmax and xid not in self.xip)
+
     def sees_all_of(self, other: 'Snapshot') -> bool:
         """True when every transaction visible in ``other`` is visible here too."""
         # visible(S) = {x < S.xmax and x not in S.xip}
         if any(x < other.xmax and x not in other.xip for x in self.xip):
             return False
         if other.xmax > self.xmax:
-            missing = range(self.xmax, other.xmax)
-            return len(missing) <= len(other.xip) and all(x in other.xip for x in missing)
+            if other.xmax - self.xmax > len(other.xip):
+                return False
+            return all(x in other.xip for x in range(self.xmax, other.xmax))
         return True
 
 
@@ -71,10 +78,12 @@ class Position(NamedTuple):
         if not m:
             return None
         base, top, last = m.groups()
+        if last is not None and int(last) > MAX_XID:     # journal ids are bigint
+            return None
         for snap in (base, top):
             if snap is not None:
                 s = Snapshot.parse(snap)
-                if s.xmin > s.xmax or any(not s.xmin <= x < s.xmax for x in s.xip):
+                if s.xmax > MAX_XID or s.xmin > s.xmax or any(not s.xmin <= x < s.xmax for x in s.xip):
                     return None
         if top is not None and not Snapshot.parse(top).sees_all_of(Snapshot.parse(base)):
             return None
