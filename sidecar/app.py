@@ -22,7 +22,7 @@ from .listener import Listener
 from .metrics import Metrics
 from .realtime import Realtime
 from .recovery import Replayer
-from .transport import close_websockets, websocket_handler
+from .wire import close_websockets
 
 log = logging.getLogger('crm_realtime.app')
 
@@ -71,22 +71,35 @@ class CursorHandler(_Base):
             self.write({'cursor': cursor})
 
 
+def _access_log(handler) -> None:
+    """tornado's access log without query strings: they may carry a token or a session id."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    logging.getLogger('tornado.access').log(
+        level, '%d %s %s (%s) %.2fms', status, request.method, request.path,
+        request.remote_ip, 1000.0 * request.request_time())
+
+
 class Sidecar:
     def __init__(self, settings):
         self.settings = settings
         self.metrics = Metrics()
-        self.realtime = Realtime(settings, self.metrics)
-        self.listener = Listener(settings, self.realtime.on_changes, metrics=self.metrics)
-        # a few connections for recovery reads, metrics and the journal prune
+        # a few connections for recovery reads, metrics and the journal prune;
+        # each is checked before use, so a backend killed under the pool (a
+        # restart, a failover, an idle killer) is replaced instead of failing a read
         self.pool = AsyncConnectionPool(
-            settings.database_url, min_size=1, max_size=4, open=False, name='crm-realtime',
+            settings.database_url, min_size=1, max_size=settings.recovery_readers + 2, open=False,
+            name='crm-realtime', check=AsyncConnectionPool.check_connection,
             kwargs={'autocommit': True, 'application_name': 'crm-realtime'})
-        self.realtime.listener = self.listener
-        self.realtime.replayer = Replayer(self.pool)
-        self.realtime.wake_listener = self.wake_listener
+        self.replayer = Replayer(self.pool)
+        self.listener = Listener(settings, metrics=self.metrics)
+        self.realtime = Realtime(settings, self.metrics, self.listener, self.replayer)
         self.scheduler = AsyncIOScheduler()
         self.components: List[object] = []
-        self.app = tornado.web.Application(self._routes())
+        self.app = tornado.web.Application(
+            self._routes(), log_function=_access_log,
+            websocket_max_message_size=settings.max_http_buffer_bytes)
         self._server: Optional[tornado.httpserver.HTTPServer] = None
         self._listener_task: Optional[asyncio.Task] = None
         self._stopped = False
@@ -104,10 +117,7 @@ class Sidecar:
         for component in self._load_components():
             self.components.append(component)
             routes.extend(component.routes())
-        self._ws_handler = websocket_handler(self.realtime.sio,
-                                             compression=self.settings.websocket_compression)
-        self.realtime.fanout.websockets = self._ws_handler.by_eio_sid
-        routes.append((r'/socket.io/', self._ws_handler))
+        routes.append((r'/socket.io/', self.realtime.websocket_handler))
         return routes
 
     def _load_components(self):
@@ -116,12 +126,22 @@ class Sidecar:
         return [CalendlyComponent(self)]
 
     async def start(self) -> None:
-        self._server = tornado.httpserver.HTTPServer(self.app, xheaders=True)
+        # a second line behind the per-route limits: no route reads a body bigger than this
+        body_cap = max(self.settings.max_http_buffer_bytes, self.settings.calendly_webhook_max_bytes)
+        self._server = tornado.httpserver.HTTPServer(self.app, xheaders=True,
+                                                     max_body_size=body_cap + 65536)
         sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self._server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         await self.pool.open(wait=False)
-        self._listener_task = asyncio.ensure_future(self.listener.run())
+        self._listener_task = asyncio.ensure_future(self.listener.run(self.realtime.on_changes))
+        path = self.realtime.wire_path
+        self.metrics.wire_path.labels(path.name).set(1)
+        if path.direct:
+            log.info('wire: direct fan-out path (frames written to sockets)')
+        else:
+            log.warning('wire: public engine.io path (slower); the installed libraries differ '
+                        'from the checked ones in: %s', '; '.join(path.problems))
         self.scheduler.add_job(self.prune_journal, 'interval', minutes=10, id='journal-prune',
                                max_instances=1, coalesce=True)
         for component in self.components:
@@ -147,26 +167,12 @@ class Sidecar:
         # Close every client at the Engine.IO level: they see "transport close"
         # and reconnect (to the restarted process or another replica) with
         # their pid and offset, so they recover what they miss in between.
-        # Not eio.disconnect(): it waits for each polling client to collect its
-        # CLOSE packet, which a client that went away never does.
-        for socket in list(self.realtime.sio.eio.sockets.values()):
-            try:
-                await asyncio.wait_for(socket.close(wait=False, abort=False), 2)
-            except Exception:  # noqa: BLE001 - closing is best effort at shutdown
-                pass
-        close_websockets(self._ws_handler)
+        await self.realtime.sio.eio.close_all()
+        close_websockets(self.realtime.websocket_handler)
         await self.realtime.sio.shutdown()
         for component in self.components:
             await component.close()
         await self.pool.close()
-
-    async def wake_listener(self) -> None:
-        """NOTIFY our channel so every replica's listener reads the journal now."""
-        try:
-            async with self.pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT pg_catalog.pg_notify('crm_realtime', '')")
-        except Exception as exc:  # noqa: BLE001 - the periodic read still happens
-            log.debug('cannot wake the listener: %s', exc.__class__.__name__)
 
     async def prune_journal(self) -> int:
         keep = timedelta(hours=self.settings.journal_retention_hours)
@@ -184,6 +190,8 @@ class Sidecar:
 
     async def refresh_gauges(self) -> None:
         self.metrics.listener_up.set(1 if self.listener.ready else 0)
+        self.metrics.recovery_reads.set(self.replayer.queries)
+        self.metrics.recovering_clients.set(self.realtime.recovery.holding)
         try:
             async with self.pool.connection(timeout=2) as conn:
                 cur = await conn.execute('SELECT pg_catalog.pg_notification_queue_usage()')

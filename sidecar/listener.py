@@ -59,12 +59,12 @@ OnChanges = Callable[[str, str, List[Change]], Awaitable[None]]
 
 
 class Listener:
-    def __init__(self, settings, on_changes: OnChanges, *, metrics=None):
+    def __init__(self, settings, *, metrics=None):
         self._url = settings.database_url
         self._check = settings.listener_check_seconds
         self._timeout = settings.listener_timeout_seconds
         self._max_backoff = settings.listener_max_backoff_seconds
-        self._on_changes = on_changes
+        self._on_changes: Optional[OnChanges] = None
         self._metrics = metrics
         self._conn: Optional[psycopg.AsyncConnection] = None
         self._stopping = False
@@ -85,7 +85,9 @@ class Listener:
         except asyncio.TimeoutError:
             return False
 
-    async def run(self) -> None:
+    async def run(self, on_changes: OnChanges) -> None:
+        """Read the journal until ``stop()``, handing every batch to ``on_changes``."""
+        self._on_changes = on_changes
         attempt, delay = 0, 0.0
         while not self._stopping:
             try:

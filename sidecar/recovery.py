@@ -1,14 +1,14 @@
-"""Connection-state recovery backed by the journal.
+"""Connection-state recovery backed by the journal, built to hold when everyone reconnects at once.
 
 socket.io-client (v4.6+) implements the client half: the server's CONNECT
 answer carries a ``pid``; every event carries an offset as its last argument;
 after a non-deliberate disconnect the client reconnects sending
 ``{pid, offset, ...auth}``, and ``socket.recovered`` is true when the server
-answers with the same ``pid``. python-socketio has no server half; this module
-adds it without touching the library: ``RecoveringServer`` only adds the
-``pid`` to the CONNECT packet our connect handler asked for, and ``Replayer``
-reads what the client missed from the journal (so it survives restarts and
-works across replicas: offsets are journal positions, see position.py).
+answers with the same ``pid``. python-socketio has no server half; the wire
+(``wire.SocketServer``) adds the ``pid`` to the CONNECT answer, and this
+module reads what the client missed from the journal, so recovery survives
+restarts and works across replicas (offsets are journal positions, see
+position.py).
 
 Policy, as the client sees it:
 
@@ -23,65 +23,60 @@ Policy, as the client sees it:
   refetches, as the contract tells it to on every ``connect``.
 * A first connection may pass ``auth.since`` (a position from ``GET /cursor``,
   read before the SPA fetched its list) to receive everything committed after it.
+
+How a catch-up converges whatever the write rate (the reconnect storm):
+
+* At connect the socket is put on **hold**, synchronously, at the live
+  position ``P`` (the listener's): from then on every live batch the sidecar
+  dispatches is kept for it, whole, in dispatch order, instead of being sent.
+  The replay then reads one fixed range, D(P) minus D(start), and cannot chase
+  a moving position: what was committed meanwhile is in the kept batches.
+  Once the replay is sent, the kept batches are sent, and the socket joins its
+  rooms in the same step as the last kept batch is taken, so nothing is sent
+  twice or skipped.
+* Holds of one organization are **served together**: one journal read per
+  organization and round, whatever the number of clients recovering from
+  nearby positions (each client's rows are then picked from it in Python).
+  Reads share a small pool (``SIDECAR_RECOVERY_READERS`` at once).
+* A hold keeps at most ``MAX_HELD`` deliveries. A client that cannot catch up
+  within it has its transport closed: it reconnects and recovers again, as a
+  slow consumer does. The same when the journal was pruned under it (it then
+  gets ``recovered === false``).
+* A journal read that fails (a dead pooled connection, a database restart) is
+  retried on a fresh connection with backoff for up to
+  ``listener_check + listener_timeout`` seconds before the transport is closed.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import List, Optional, Tuple
+import time
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
 
 import socketio
-from socketio import packet as sio_packet
 
-from .events import Change
-from .position import Position, Snapshot
+from .events import Change, Delivery, org_room, route, user_room
+from .position import Position, Snapshot, new_pid, pid_position
 
 log = logging.getLogger('crm_realtime.recovery')
 
-
-class RecoveringServer(socketio.AsyncServer):
-    """``AsyncServer`` whose CONNECT answer can carry a connection-state-recovery ``pid``."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._connect_pids = {}      # (eio_sid, namespace) -> pid to announce
-
-    def _engineio_server_class(self):
-        from .transport import EngineIOServer
-        return EngineIOServer
-
-    def announce_pid(self, sid: str, namespace: str, pid: str) -> None:
-        """Called by the connect handler: the CONNECT sent for ``sid`` will carry ``pid``."""
-        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
-        self._connect_pids[(eio_sid, namespace or '/')] = pid
-
-    async def _send_packet(self, eio_sid, pkt):
-        # The only packet altered is the CONNECT answer, and only by adding "pid".
-        if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
-            pid = self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
-            if pid is not None:
-                pkt.data = dict(pkt.data, pid=pid)
-        elif pkt.packet_type in (sio_packet.CONNECT_ERROR, sio_packet.DISCONNECT):
-            self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
-        await super()._send_packet(eio_sid, pkt)
-
+#: deliveries a recovering socket may have kept for it before it is dropped
+MAX_HELD = 20_000
 
 PRUNED_BELOW_SQL = 'SELECT "pruned_below"::text FROM "crm_realtime"."journal_state"'
 
-# Rows of one organization (and user) in D(to) minus D(from); see position.py.
-REPLAY_SQL = """
-SELECT j.id, j.kind, j.op, j.organization_id, j.user_id, j.data,
-       (%(from_top)s::pg_snapshot IS NOT NULL
-        AND pg_catalog.pg_visible_in_snapshot(j.txid, %(from_top)s::pg_snapshot)) AS in_partial
+# The rows of one organization (and of some of its users) that any of a group
+# of recovering clients may have missed; each client's own rows are picked in
+# Python (Snapshot.visible). Lower bound: the oldest start of the group.
+GROUP_SQL = """
+SELECT j.id, j.txid::text, j.kind, j.op, j.organization_id, j.user_id, j.data
   FROM "crm_realtime"."journal" AS j
- WHERE j.txid >= pg_catalog.pg_snapshot_xmin(%(from_base)s::pg_snapshot)
-   AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(from_base)s::pg_snapshot)
-   AND NOT (%(from_top)s::pg_snapshot IS NOT NULL
-            AND pg_catalog.pg_visible_in_snapshot(j.txid, %(from_top)s::pg_snapshot)
-            AND j.id <= %(from_id)s)
+ WHERE j.txid >= %(xmin)s::text::xid8
    AND pg_catalog.pg_visible_in_snapshot(j.txid, %(to)s::pg_snapshot)
    AND j.organization_id = %(org)s
-   AND (j.user_id IS NULL OR j.user_id = %(user)s)
- ORDER BY in_partial DESC, j.id
+   AND (j.user_id IS NULL OR j.user_id = ANY(%(users)s))
+ ORDER BY j.id
 """
 
 
@@ -90,47 +85,315 @@ def still_in_journal(position: Position, pruned_below: str) -> bool:
     return Snapshot.parse(position.base).xmin >= int(pruned_below)
 
 
+class Hold:
+    """One recovering socket: where it starts, where its replay ends, what arrived meanwhile."""
+    __slots__ = ('sid', 'organization_id', 'user_id', 'rooms', 'start', 'target', 'kept', 'done')
+
+    def __init__(self, sid, organization_id, user_id, rooms, start: Position, target: str):
+        self.sid = sid
+        self.organization_id = organization_id
+        self.user_id = user_id
+        self.rooms = rooms
+        self.start = start
+        self.target = target
+        self.kept: List[Tuple[Delivery, str]] = []
+        self.done = False
+
+    def rows(self, rows) -> List[Tuple[Change, str]]:
+        """This client's rows of a group read, in replay order, each with its offset."""
+        start, target = self.start, Snapshot.parse(self.target)
+        base = Snapshot.parse(start.base)
+        top = Snapshot.parse(start.top) if start.top is not None else None
+        first, rest = [], []
+        for row_id, txid, kind, op, org, user, data in rows:
+            if user is not None and user != self.user_id:
+                continue
+            x = int(txid)
+            if not target.visible(x) or base.visible(x):
+                continue
+            in_partial = top is not None and top.visible(x)
+            if in_partial and row_id <= start.last_id:
+                continue
+            (first if in_partial else rest).append((row_id, in_partial, Change(row_id, kind, op, org, user, data)))
+        ordered = first + rest
+        out = []
+        for i, (row_id, in_partial, change) in enumerate(ordered):
+            if i == len(ordered) - 1:
+                offset = self.target        # the client now has all of its rows in D(target)
+            elif in_partial:
+                offset = Position(start.base, start.top, row_id).encode()
+            else:
+                offset = Position(start.horizon, self.target, row_id).encode()
+            out.append((change, offset))
+        return out
+
+
 class Replayer:
-    """Reads missed rows for one client from the journal through a small pool."""
+    """Reads the journal for recovering clients through the shared pool."""
 
     def __init__(self, pool):
         self._pool = pool
+        self._pruned: Optional[Tuple[float, str]] = None
+        self._pruned_reading: Optional[asyncio.Future] = None
+        self.queries = 0            # journal reads made for recovery (bench/, /metrics)
 
-    async def available(self, position: Position) -> bool:
+    async def pruned_below(self, max_age: float = 1.0) -> str:
+        """The journal's prune horizon, read at most once a second however many ask."""
+        now = time.monotonic()
+        if self._pruned is not None and now - self._pruned[0] < max_age:
+            return self._pruned[1]
+        if self._pruned_reading is None:
+            self._pruned_reading = asyncio.ensure_future(self._read_pruned())
+        reading = self._pruned_reading
+        try:
+            return await asyncio.shield(reading)
+        finally:
+            if reading.done() and self._pruned_reading is reading:
+                self._pruned_reading = None
+
+    async def _read_pruned(self) -> str:
         async with self._pool.connection() as conn:
             cur = await conn.execute(PRUNED_BELOW_SQL)
-            return still_in_journal(position, (await cur.fetchone())[0])
+            value = (await cur.fetchone())[0]
+        self.queries += 1
+        self._pruned = (time.monotonic(), value)
+        return value
 
-    async def missed(self, start: Position, to: str, organization_id: str,
-                     user_id: Optional[str]) -> Tuple[bool, List[Tuple[Change, str]]]:
-        """(still complete?, [(change, offset)...]) for rows in D(to) minus D(start).
+    async def available(self, position: Position) -> bool:
+        return still_in_journal(position, await self.pruned_below())
 
-        Read in one REPEATABLE READ transaction, so a concurrent prune is either
-        entirely visible (and reported) or not at all.
-        """
+    async def group(self, organization_id: str, users: List[str], xmin: int, to: str):
+        """(pruned_below, rows) read in one REPEATABLE READ transaction."""
         async with self._pool.connection() as conn:
             await conn.set_autocommit(False)
             try:
                 async with conn.transaction():
                     await conn.execute('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY')
                     cur = await conn.execute(PRUNED_BELOW_SQL)
-                    if not still_in_journal(start, (await cur.fetchone())[0]):
-                        return False, []
-                    cur = await conn.execute(REPLAY_SQL, {
-                        'from_base': start.base, 'from_top': start.top,
-                        'from_id': start.last_id, 'to': to,
-                        'org': organization_id, 'user': user_id})
+                    pruned = (await cur.fetchone())[0]
+                    cur = await conn.execute(GROUP_SQL, {
+                        'xmin': str(xmin), 'to': to, 'org': organization_id, 'users': users})
                     rows = await cur.fetchall()
             finally:
                 await conn.set_autocommit(True)
-        out = []
-        for i, (row_id, kind, op, org, user, data, in_partial) in enumerate(rows):
-            change = Change(row_id, kind, op, org, user, data)
-            if i == len(rows) - 1:
-                offset = to                 # the client now has all of its rows in D(to)
-            elif in_partial:
-                offset = Position(start.base, start.top, row_id).encode()
+        self.queries += 1
+        return pruned, rows
+
+    async def wake_listeners(self) -> None:
+        """NOTIFY our channel so every replica's listener reads the journal now."""
+        try:
+            async with self._pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT pg_catalog.pg_notify('crm_realtime', '')")
+        except Exception as exc:  # noqa: BLE001 - the periodic read still happens
+            log.debug('cannot wake the listener: %s', exc.__class__.__name__)
+
+
+class Recovery:
+    """Decides who can be recovered, holds them, replays, releases them into their rooms."""
+
+    def __init__(self, settings, metrics, fanout, replayer: Replayer, listener):
+        self._metrics = metrics
+        self._fanout = fanout
+        self._replayer = replayer
+        self._listener = listener
+        self._wait_for_listener = settings.listener_check_seconds + settings.listener_timeout_seconds
+        self._readers = asyncio.Semaphore(settings.recovery_readers)
+        self._holds: Dict[str, Hold] = {}
+        self._by_room: Dict[str, List[Hold]] = defaultdict(list)
+        self._pending: Dict[str, List[Hold]] = defaultdict(list)   # organization -> holds to serve
+        self._workers: Dict[str, asyncio.Task] = {}
+        self._batch: Optional[List[Tuple[Delivery, str]]] = None
+
+    # ------------------------------------------------------------------ at connect
+
+    async def start(self, sid, auth) -> Tuple[Optional[Position], str]:
+        """(position to replay from or None, pid to announce) for a connecting socket."""
+        pid = auth.get('pid')
+        if pid is not None:
+            start = Position.decode(auth.get('offset')) or pid_position(pid)
+            if start is None:
+                self._metrics.recoveries.labels('invalid').inc()
+                log.info('socket %s: recovery impossible (no usable offset)', sid)
+            elif await self._can_replay(start):
+                self._metrics.recoveries.labels('ok').inc()
+                return start, pid
             else:
-                offset = Position(start.horizon, to, row_id).encode()
-            out.append((change, offset))
-        return True, out
+                self._metrics.recoveries.labels('too_old').inc()
+                log.info('socket %s: recovery impossible (events pruned or stream unavailable)', sid)
+            return None, new_pid(self._listener.position)
+        since = auth.get('since')
+        if since is not None:
+            start = Position.decode(since)
+            if start is None or not await self._can_replay(start):
+                raise socketio.exceptions.ConnectionRefusedError(
+                    'Cursor expired', {'reason': 'cursor_expired'})
+            return start, new_pid(start.encode())
+        return None, new_pid(self._listener.position)
+
+    async def _can_replay(self, start: Position) -> bool:
+        try:
+            if not await self._replayer.available(start):
+                return False
+        except Exception as exc:  # noqa: BLE001 - the database is away: no recovery
+            log.warning('recovery check failed: %s', exc.__class__.__name__)
+            return False
+        # This replica must have read at least as far as the client got (it may
+        # have been connected to a replica that is ahead of us).
+        horizon = Snapshot.parse(start.horizon)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_for_listener
+        while True:
+            live = self._listener.position
+            if live is not None and Snapshot.parse(live).sees_all_of(horizon):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await self._replayer.wake_listeners()
+            await self._listener.wait_advanced(min(remaining, 0.5))
+
+    def hold(self, sid, ident, start: Position) -> None:
+        """Put a socket on hold at the live position; synchronous, like joining a room.
+
+        Called after ``start`` said yes and before the CONNECT answer goes out.
+        Live batches dispatched from now on are kept for it (the one being
+        dispatched, if any, whole); the catch-up runs once the answer is sent.
+        """
+        rooms = [org_room(ident.organization_id)]
+        if ident.user_id is not None:
+            rooms.append(user_room(ident.organization_id, ident.user_id))
+        h = Hold(sid, ident.organization_id, ident.user_id, rooms, start, self._listener.position)
+        if self._batch is not None:
+            self._keep(h, self._batch)
+        self._holds[sid] = h
+        for room in rooms:
+            self._by_room[room].append(h)
+        self._pending[h.organization_id].append(h)
+        if h.organization_id not in self._workers:
+            self._workers[h.organization_id] = asyncio.ensure_future(self._serve(h.organization_id))
+
+    # ------------------------------------------------------------------ live batches
+
+    def batch_started(self, batch: List[Tuple[Delivery, str]]) -> None:
+        """The live stream is about to dispatch ``batch``: keep it for every socket on hold."""
+        self._batch = batch
+        if not self._holds:
+            return
+        touched = {}
+        for delivery, offset in batch:
+            for h in self._by_room.get(delivery.room, ()):
+                h.kept.append((delivery, offset))
+                touched[h.sid] = h
+        for h in touched.values():
+            if len(h.kept) > MAX_HELD:
+                log.warning('socket %s: more than %d events arrived while it caught up; '
+                            'closing its transport, it will recover again', h.sid, MAX_HELD)
+                self._metrics.recoveries.labels('overflow').inc()
+                self._release(h)
+                asyncio.ensure_future(self._fanout.drop_transport(h.sid))
+
+    def batch_done(self) -> None:
+        self._batch = None
+
+    def _keep(self, h: Hold, batch) -> None:
+        rooms = set(h.rooms)
+        h.kept.extend((d, o) for d, o in batch if d.room in rooms)
+
+    def forget(self, sid) -> None:
+        """The socket disconnected."""
+        h = self._holds.get(sid)
+        if h is not None:
+            self._release(h)
+
+    def _release(self, h: Hold) -> None:
+        h.done = True
+        self._holds.pop(h.sid, None)
+        for room in h.rooms:
+            holds = self._by_room.get(room)
+            if holds is not None:
+                try:
+                    holds.remove(h)
+                except ValueError:
+                    pass
+                if not holds:
+                    del self._by_room[room]
+        h.kept = []
+
+    @property
+    def holding(self) -> int:
+        return len(self._holds)
+
+    # ------------------------------------------------------------------ catch-up
+
+    async def _serve(self, organization_id: str) -> None:
+        try:
+            while True:
+                await asyncio.sleep(0.005)      # let the connects of this tick join the group
+                holds = [h for h in self._pending.pop(organization_id, []) if not h.done]
+                if not holds:
+                    return
+                async with self._readers:
+                    await self._serve_group(organization_id, holds)
+        finally:
+            self._workers.pop(organization_id, None)
+
+    async def _serve_group(self, organization_id: str, holds: List[Hold]) -> None:
+        users = sorted({h.user_id for h in holds if h.user_id is not None})
+        xmin = min(Snapshot.parse(h.start.base).xmin for h in holds)
+        to = holds[-1].target       # the latest: holds are made in live-position order
+        read = await self._read_group(organization_id, users, xmin, to)
+        if read is None:
+            for h in holds:
+                self._give_up(h, 'the journal could not be read')
+            return
+        pruned, rows = read
+        for h in holds:
+            if h.done:
+                continue
+            if not still_in_journal(h.start, pruned):
+                self._give_up(h, 'journal pruned during recovery')
+                continue
+            try:
+                await self._replay(h, h.rows(rows))
+            except Exception:  # noqa: BLE001 - the client reconnects and recovers again
+                log.exception('socket %s: recovery failed', h.sid)
+                self._give_up(h, 'recovery failed')
+
+    async def _read_group(self, organization_id, users, xmin, to):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_for_listener
+        delay = 0.1
+        while True:
+            try:
+                return await self._replayer.group(organization_id, users, xmin, to)
+            except Exception as exc:  # noqa: BLE001 - retried on a fresh connection
+                if loop.time() + delay > deadline:
+                    log.warning('recovery read failed (%s); giving up', exc.__class__.__name__)
+                    return None
+                log.info('recovery read failed (%s); retrying in %.1fs', exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _replay(self, h: Hold, missed: List[Tuple[Change, str]]) -> None:
+        for change, offset in missed:
+            for delivery in route(change):
+                if h.done or not await self._fanout.deliver_to_sid(h.sid, delivery, offset):
+                    return
+        # What arrived while the replay was read and sent; the socket joins its
+        # rooms in the same step as the last kept delivery is taken.
+        while not h.done:
+            if not h.kept:
+                self._release(h)
+                self._fanout.join(h.sid, h.rooms)
+                return
+            kept, h.kept = h.kept, []
+            for delivery, offset in kept:
+                if h.done or not await self._fanout.deliver_to_sid(h.sid, delivery, offset):
+                    return
+
+    def _give_up(self, h: Hold, why: str) -> None:
+        if h.done:
+            return
+        log.warning('socket %s: %s; closing its transport so that it reconnects', h.sid, why)
+        self._release(h)
+        asyncio.ensure_future(self._fanout.drop_transport(h.sid))

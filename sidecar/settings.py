@@ -145,6 +145,13 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('max_backlog_bytes', str(8 * 1024 * 1024), 'Bytes a websocket may have waiting to be '
             'sent before the server closes it (a client that stopped reading). The client reconnects '
             'and catches up from the journal. 0 = no limit.', _int_range(0, 1 << 40)),
+    Setting('max_http_buffer_bytes', '1000000', 'Largest message a client may send: a polling POST '
+            'body (refused with 413 before it is read) or a websocket message (the connection is '
+            'closed). Socket.IO CONNECT packets with their auth are far below it.',
+            _int_range(1024, 64 * 1024 * 1024)),
+    Setting('recovery_readers', '2', 'Journal reads for recovering clients that may run at once '
+            '(one read serves every client of an organization recovering together; see "Delivery '
+            'guarantee"). The pool holds this many connections plus two.', _int_range(1, 32)),
     Setting('ping_interval_seconds', '25', 'How often the server pings each client (socket.io\'s '
             'pingInterval). Each ping comes at a random point of the last tenth of the interval, so '
             'clients that connected together are not pinged in one burst.', _float_range(1, 3600)),

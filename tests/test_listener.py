@@ -260,7 +260,7 @@ async def test_a_notification_taken_in_during_a_query_still_wakes_the_listener(d
     after the idle probe interval."""
     from sidecar.listener import Listener
     from sidecar.settings import load_settings
-    listener = Listener(load_settings(sidecar_env(database)), on_changes=None)
+    listener = Listener(load_settings(sidecar_env(database)))
     conn = await psycopg.AsyncConnection.connect(database.conninfo, autocommit=True)
     try:
         await conn.execute('LISTEN crm_realtime')

@@ -193,14 +193,15 @@ async def test_websocket_fast_path_keeps_order_with_polling_and_upgraded_clients
     await asyncio.sleep(0.3)
     for c in (ws_first, polling, upgraded):
         assert [e[1]['firstname'] for e in c.events] == expected
-    # both websocket clients (websocket-first and upgraded) took the direct path
-    assert sc.realtime.fanout.frames_written >= 200
+    # both websocket clients (websocket-first and upgraded) are on the direct path
+    assert sc.realtime.wire_path.direct
+    assert len(sc.realtime.sio.eio.websockets) == 2
 
 
 def _unsent_bytes(sc) -> int:
     """What tornado still holds for the sidecar's websockets (the kernel took the rest)."""
     total = 0
-    for handler in list(sc.realtime.fanout.websockets.values()):
+    for handler in list(sc.realtime.sio.eio.websockets.values()):
         conn = handler.ws_connection
         if conn is not None and not conn.stream.closed():
             total += len(conn.stream._write_buffer)
@@ -237,7 +238,7 @@ async def test_pings_are_spread_and_keep_clients_connected(database, make_sideca
     reads = [eio.ping_interval for _ in range(500)]
     assert all(1.8 <= r <= 2.0 for r in reads) and max(reads) - min(reads) > 0.1
     assert eio.ping_timeout == 2
-    from sidecar.transport import LightQueue
+    from sidecar.wire.queues import LightQueue
     # the handshake tells the client at most the configured interval (engine.io
     # truncates it to whole seconds)
     response = await AsyncHTTPClient().fetch(sc.url + '/socket.io/?EIO=4&transport=polling')
@@ -269,9 +270,9 @@ async def test_websockets_send_small_frames_without_nagle_delay(database, make_s
     await upgraded.wait_for(lambda n: n.of_type('connect'))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while len(sc.realtime.fanout.websockets) < 2:      # the upgrade registers itself
+    while len(sc.realtime.sio.eio.websockets) < 2:      # the upgrade registers itself
         assert loop.time() < deadline, 'the polling client never upgraded'
         await asyncio.sleep(0.05)
-    for handler in sc.realtime.fanout.websockets.values():
+    for handler in sc.realtime.sio.eio.websockets.values():
         sock = handler.ws_connection.stream.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

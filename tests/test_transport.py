@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from sidecar.transport import Inbox, LightQueue
+from sidecar.wire.queues import Inbox, LightQueue
 
 pytestmark = pytest.mark.usefixtures('io_loop')
 

@@ -35,6 +35,14 @@ rest. What it does differently from ``AsyncServer.emit``:
   what it missed from the journal (connection-state recovery), exactly once.
 
 Everything else (rooms, connection bookkeeping) stays python-socketio's.
+
+Private names relied on (versions in the package docstring): socketio's
+``manager.rooms`` (namespace -> room -> {sid: eio_sid}); engine.io's
+``AsyncServer.sockets`` and a socket's ``upgraded``/``upgrading``/``closed``/
+``closing``/``queue`` (``put_nowait``, ``_unfinished_tasks`` via queues.py);
+tornado's ``IOStream._write_buffer`` (unsent bytes) and ``_connecting``.
+Which path runs (direct or engine.io's public ``send_packet``) is decided once
+by ``contract.direct_path_available`` and shown in the log and ``/metrics``.
 """
 from __future__ import annotations
 
@@ -46,8 +54,9 @@ from engineio.exceptions import EngineIOError
 from tornado.iostream import SSLIOStream, StreamClosedError
 from socketio import packet as sio_packet
 
-from .events import Delivery
-from .transport import text_frame, writable_stream
+from ..events import Delivery
+from .queues import unsent_packets
+from .websocket import text_frame, writable_stream
 
 NAMESPACE = '/'
 log = logging.getLogger('crm_realtime.fanout')
@@ -67,29 +76,21 @@ def _send_some(sock, frame: bytes) -> int:
 
 
 class Fanout:
-    def __init__(self, sio, metrics=None, max_backlog: int = 0):
+    def __init__(self, sio, metrics=None, max_backlog: int = 0, direct: bool = True):
         self._sio = sio
         self.max_backlog = max_backlog      # bytes; 0 = no limit
         self._manager = sio.manager
         self._eio = sio.eio
         self._metrics = metrics
-        self._direct = isinstance(getattr(self._eio, 'sockets', None), dict)
-        self.websockets = {}    # eio sid -> tornado handler, kept by transport.py
-        self.frames_written = 0  # deliveries that took the direct websocket path
-
-    def register_transport(self, sid: str, environ) -> None:
-        """Note a websocket-first connection's handler (upgrades register themselves)."""
-        handler = environ.get('tornado.handler')
-        register = getattr(type(handler), 'register', None)
-        if register is not None:
-            register(self._manager.eio_sid_from_sid(sid, NAMESPACE), handler)
+        self._direct = direct
+        self._websockets = sio.eio.websockets   # eio sid -> accepted tornado handler
 
     def _write_frame(self, socket, eio_sid, frame) -> Optional[bool]:
         """True: written (or queued in tornado); False: not eligible; None: closed as too slow."""
         if frame is None or not socket.upgraded or socket.upgrading \
-                or getattr(socket.queue, '_unfinished_tasks', 1) != 0:
+                or unsent_packets(socket.queue) != 0:
             return False
-        handler = self.websockets.get(eio_sid)
+        handler = self._websockets.get(eio_sid)
         stream = writable_stream(handler) if handler is not None else None
         if stream is None:
             return False
@@ -106,12 +107,13 @@ class Fanout:
                     stream.write(frame[sent:] if sent else frame)
         except StreamClosedError:
             return False
-        self.frames_written += 1
         return True
 
     def _close_slow(self, eio_sid, stream) -> None:
-        log.warning('websocket %s has %d bytes unsent (limit %d): closing it; the client will '
-                    'reconnect and catch up from the journal', eio_sid, len(stream._write_buffer),
+        handler = self._websockets.get(eio_sid)
+        peer = handler.request.remote_ip if handler is not None else '?'
+        log.warning('websocket from %s has %d bytes unsent (limit %d): closing it; the client will '
+                    'reconnect and catch up from the journal', peer, len(stream._write_buffer),
                     self.max_backlog)
         if self._metrics:
             self._metrics.slow_clients_closed.inc()
@@ -173,14 +175,39 @@ class Fanout:
             self._metrics.events_emitted.labels(delivery.event).inc(sent)
         return sent
 
-    async def deliver_to_sid(self, sid: str, delivery: Delivery, offset: Optional[str] = None) -> None:
-        """Send one delivery to one socket (used when replaying to a recovering client)."""
+    async def deliver_to_sid(self, sid: str, delivery: Delivery, offset: Optional[str] = None) -> bool:
+        """Send one delivery to one socket (a recovering client's replay); False if it is gone."""
+        eio_sid = self._manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None:
+            return False
+        args = [delivery.payload] if offset is None else [delivery.payload, offset]
+        if not await self._send(eio_sid, self._encode(delivery.event, args)):
+            return False
+        if self._metrics:
+            self._metrics.events_emitted.labels(delivery.event).inc()
+        return True
+
+    def join(self, sid: str, rooms) -> None:
+        """Put a connected socket in its rooms, synchronously (no batch can slip in between)."""
+        for room in rooms:
+            self._manager.basic_enter_room(sid, NAMESPACE, room)
+
+    async def drop_transport(self, sid: str) -> None:
+        """Close a socket's transport as a network failure would: the client reconnects and recovers.
+
+        A websocket's stream is closed at once (socket.io-client acts on the
+        websocket closing, not on engine.io's CLOSE packet); a polling session
+        gets engine.io's CLOSE, which the client's next poll collects.
+        """
         eio_sid = self._manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is None:
             return
-        args = [delivery.payload] if offset is None else [delivery.payload, offset]
-        if not await self._send(eio_sid, self._encode(delivery.event, args)):
+        handler = self._websockets.get(eio_sid)
+        conn = handler.ws_connection if handler is not None else None
+        if conn is not None and not conn.stream.closed():
+            conn.stream.close()
             return
-        if self._metrics:
-            self._metrics.events_emitted.labels(delivery.event).inc()
+        socket = self._eio.sockets.get(eio_sid)
+        if socket is not None and not socket.closed:
+            await socket.close(wait=False, abort=False)
 

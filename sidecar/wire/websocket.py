@@ -1,151 +1,111 @@
-"""The HTTP/WebSocket transport under Socket.IO: engine.io's tornado handler, adjusted.
+"""The HTTP/WebSocket handler under Socket.IO: engine.io's tornado handler, adjusted.
 
-Three changes, all about running in production:
+Private names relied on (versions in the package docstring): the tornado
+driver's handler calls ``on_message`` / ``get_next_message`` / ``on_close`` on
+its ``receive_queue`` (kept, with a lighter queue); ``WebSocketHandler.
+ws_connection`` and its ``_compressor`` (None when deflate is off) and
+``stream`` (the IOStream raw frames are written to, see fanout.py).
 
-* Per-message deflate is off unless ``SIDECAR_WEBSOCKET_COMPRESSION`` is on.
-  The driver enables it by default; our events are small JSON, and a deflate
-  context costs CPU on every frame and a few hundred KB of zlib state per
-  connection, which is most of a socket's memory.
-* Open websockets are tracked so that a shutdown can close them. engine.io's
-  CLOSE packet is not acted on by socket.io-client, which only notices the
-  websocket closing; without this, clients of a stopped sidecar would wait for
-  a ping timeout (up to 45 s) before reconnecting and recovering elsewhere.
-* Each websocket is registered under its engine.io session id, so the fan-out
-  (fanout.py) can write one pre-built frame straight to its stream.
-* Pings are spread out (``EngineIOServer``). engine.io pings a socket one
-  interval after its last pong, so sockets that connected together (every
-  client after a restart) stay in step for ever and are pinged in one burst:
-  one writer-task wake-up, a ``write_message`` and a pong per socket, all in
-  the same tick, in front of whatever event is being delivered. Measured with
-  200 clients: the burst held deliveries up to ~28 ms, against ~14 ms without it.
-* Incoming messages wait in a small inbox instead of an ``asyncio.Queue``
-  (four deques, about 3 KB per connection, for what is one reader and a
-  handful of client messages: pongs, acks). The engine.io driver touches the
-  queue only through ``on_message``, ``get_next_message`` and ``on_close``,
-  which the subclass keeps.
-* Each engine.io socket's outgoing queue (``AsyncServer.create_queue``) is an
-  ``asyncio.Queue`` whose four deques (760 bytes each, even empty) are
-  replaced by lists: a socket's queue holds a few packets at most, and the
-  fan-out writes most events around it (``LightQueue``).
+What changes, all about running in production:
+
+* **Refused means closed.** engine.io refuses a websocket (unknown sid, a
+  session already upgraded, a bad origin) after tornado has answered 101, and
+  leaves it open. Here the engine.io request runs in a task of ours; when it
+  ends, whether engine.io served the websocket or refused it, the websocket
+  is closed (1008 when refused).
+* **Origins checked before the upgrade.** With ``SIDECAR_CORS_ORIGINS`` unset
+  (same origin only) a cross-origin websocket gets 403 from tornado instead of
+  a 101 followed by engine.io's refusal.
+* **Bodies bounded before they are read.** A polling POST whose
+  ``Content-Length`` passes ``SIDECAR_MAX_HTTP_BUFFER_BYTES`` gets 413 without
+  its body being read; a chunked one is cut off (413, connection closed) as
+  soon as it passes the limit. tornado's own default would buffer 100 MB.
+* Per-message deflate is off unless ``SIDECAR_WEBSOCKET_COMPRESSION`` is on
+  (a deflate context costs CPU on every frame and a few hundred KB of zlib
+  state per connection); Nagle is off (events are small, latency is the point).
+* Open websockets are tracked so that a shutdown can close them:
+  socket.io-client only notices the websocket closing, not engine.io's CLOSE.
+* Incoming messages wait in an ``Inbox`` instead of an ``asyncio.Queue``.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
-import random
+import logging
 import struct
-from typing import Dict, List, Optional
+from typing import Optional
 
-import engineio
 import socketio
+import tornado.web
+import tornado.websocket
 
-#: each ping comes at a random point of the last PING_SPREAD of the interval
-PING_SPREAD = 0.1
+from .queues import Inbox
 
+log = logging.getLogger('crm_realtime.wire')
 
-class _Fifo(list):
-    """A list with the one deque method asyncio's Queue and Event call on their waiters."""
-    __slots__ = ()
-
-    def popleft(self):
-        return self.pop(0)
+#: close code for a websocket engine.io refused (RFC 6455: policy violation)
+REFUSED = 1008
 
 
-class LightQueue(asyncio.Queue):
-    """``asyncio.Queue`` with list storage: same behaviour, about 2.8 KB less per instance.
-
-    ``_init``/``_get``/``_put`` are the hooks asyncio documents for subclasses
-    (PriorityQueue and LifoQueue use them). The waiter deques are asyncio's
-    own attributes; they are swapped only when present with the expected
-    type, so a Python that changes them gets a plain queue.
-    """
-
-    def __init__(self, maxsize: int = 0):
-        super().__init__(maxsize)
-        finished = getattr(self, '_finished', None)
-        if isinstance(getattr(self, '_getters', None), collections.deque) \
-                and isinstance(getattr(self, '_putters', None), collections.deque) \
-                and isinstance(getattr(finished, '_waiters', None), collections.deque):
-            self._getters = _Fifo()
-            self._putters = _Fifo()
-            finished._waiters = _Fifo()
-
-    def _init(self, maxsize):
-        self._queue = _Fifo()
-
-    def _get(self):
-        return self._queue.pop(0)
-
-    def _put(self, item):
-        self._queue.append(item)
-
-
-class EngineIOServer(engineio.AsyncServer):
-    """engine.io with light socket queues, and pings spread out.
-
-    ``create_queue`` (engine.io's hook for a socket's outgoing queue) makes a
-    ``LightQueue``. ``ping_interval`` is read as a fresh random value in
-    [0.9, 1] x interval.
-
-    engine.io reads ``ping_interval`` when it sleeps before a socket's next
-    ping, in the handshake (the client's ``pingInterval``) and for its poll
-    timeout. Every value read is at most the configured interval, so a client
-    always hears a ping within what it was told, and sockets drift apart
-    instead of being pinged in the same tick.
-    """
-
-    def create_queue(self, *args, **kwargs):
-        return LightQueue(*args, **kwargs)
-
-    @property
-    def ping_interval(self) -> float:
-        return self._ping_every * (1.0 - PING_SPREAD * random.random())
-
-    @ping_interval.setter
-    def ping_interval(self, value: float) -> None:
-        self._ping_every = value
-
-
-class Inbox:
-    """An unbounded single-reader FIFO: what engine.io's driver needs of its receive queue."""
-    __slots__ = ('_items', '_waiter')
-
-    def __init__(self):
-        self._items: List[object] = []
-        self._waiter: Optional[asyncio.Future] = None
-
-    def put_nowait(self, item) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def put(self, item) -> None:
-        self.put_nowait(item)
-
-    async def get(self):
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.pop(0)
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-
-def websocket_handler(sio, *, compression: bool):
+def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origins):
+    """The tornado handler class for ``/socket.io/``."""
+    eio = sio.eio
     base = socketio.get_tornado_handler(sio)
 
+    @tornado.web.stream_request_body
     class Handler(base):
         live = set()
-        by_eio_sid: Dict[str, 'Handler'] = {}
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.receive_queue = Inbox()
+            self._chunks = []
+            self._size = 0
+            self._refused = False
+
+        # -------------------------------------------------------------- HTTP bodies
+
+        def prepare(self):
+            length = self.request.headers.get('Content-Length')
+            if length is not None:
+                try:
+                    too_long = int(length) > max_body_bytes
+                except ValueError:
+                    too_long = True
+                if too_long:
+                    self._refuse_body()
+
+        def data_received(self, chunk):
+            if self._refused:
+                return
+            self._size += len(chunk)
+            if self._size > max_body_bytes:
+                self._chunks = []
+                self._refuse_body()
+                return
+            self._chunks.append(chunk)
+
+        def _refuse_body(self):
+            log.info('refused a %s body over %d bytes from %s', self.request.method,
+                     max_body_bytes, self.request.remote_ip)
+            self._refused = True
+            self.set_status(413)
+            self.set_header('Connection', 'close')
+            self.finish(f'body larger than {max_body_bytes} bytes')
+            self.request.connection.stream.close()  # the rest of the body is not read
+
+        async def post(self, *args, **kwargs):
+            self.request.body = b''.join(self._chunks)
+            self._chunks = []
+            await eio.handle_request(self)
+
+        # -------------------------------------------------------------- websocket
+
+        def check_origin(self, origin):
+            if cors_origins == '*':
+                return True
+            if cors_origins:
+                return origin in cors_origins
+            return tornado.websocket.WebSocketHandler.check_origin(self, origin)
 
         async def on_message(self, message):
             self.receive_queue.put_nowait(message)
@@ -155,33 +115,24 @@ def websocket_handler(sio, *, compression: bool):
 
         def open(self, *args, **kwargs):
             type(self).live.add(self)
-            # tornado leaves Nagle's algorithm on for websockets: a frame written
-            # while an earlier one is unacknowledged waits for the peer's delayed
-            # ACK (tens of ms). Events are small and latency is the point.
             self.set_nodelay(True)
-            # an upgrade from polling names its session; a websocket-first
-            # connection is registered by the connect handler (register()).
-            sid = self.get_query_argument('sid', None)
-            if sid:
-                self.eio_sid = sid
-                type(self).by_eio_sid[sid] = self
-            return super().open(*args, **kwargs)
+            task = asyncio.ensure_future(eio.handle_request(self))
+            task.add_done_callback(self._engineio_done)
+
+        def _engineio_done(self, task: asyncio.Future) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.info('websocket from %s refused by engine.io (%s)', self.request.remote_ip,
+                         exc.__class__.__name__)
+            if self.ws_connection is not None and not self.ws_connection.is_closing():
+                self.close(REFUSED, 'refused')
 
         def on_close(self):
             type(self).live.discard(self)
-            sid = getattr(self, 'eio_sid', None)
-            if sid is not None and type(self).by_eio_sid.get(sid) is self:
-                del type(self).by_eio_sid[sid]
             super().on_close()
 
         def get_compression_options(self):
             return {} if compression else None
-
-        @classmethod
-        def register(cls, eio_sid: str, handler) -> None:
-            if isinstance(handler, cls) and handler.ws_connection is not None:
-                handler.eio_sid = eio_sid
-                cls.by_eio_sid[eio_sid] = handler
 
     return Handler
 

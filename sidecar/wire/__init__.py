@@ -1,0 +1,46 @@
+"""The wire: the one package allowed to touch private parts of engine.io, socketio, tornado, asyncio.
+
+Everything that makes the sidecar's delivery fast or light reaches into
+library internals; it all lives here, so that the rest of ``sidecar/`` speaks
+only public APIs and ours. ``tests/wire/`` holds a contract test per name
+below (it fails naming the name when a release changes its meaning), and
+``tests/wire/test_fence.py`` fails if any module outside this package uses one.
+
+Checked against (``setup.cfg`` pins exactly this range; CI runs the lowest and
+the highest): python-engineio 4.12.x–4.15.x, python-socketio 5.16.x–5.18.x,
+tornado 6.5.x–6.6.x, CPython 3.9–3.13 asyncio.
+
+Private names relied on, and why:
+
+engine.io (``engineio``)
+  ``AsyncServer._async`` (driver table: ``websocket``, ``translate_request``):
+  wrapped per server to register accepted websockets and to report the peer
+  address (engine.py). ``AsyncServer.sockets``: the sessions, for the direct
+  path and shutdown. ``AsyncSocket.upgraded``/``upgrading``/``closed``/
+  ``closing``/``queue`` and ``_websocket_handler`` (bound, as the driver's
+  websocket handler): the ordering argument of fanout.py. ``AsyncServer.
+  ping_interval`` read on each ping sleep: made a property (spread pings).
+  The tornado driver's handler ``receive_queue``/``on_message``/
+  ``get_next_message``/``on_close``: replaced by a lighter inbox.
+socketio (``socketio``)
+  ``AsyncServer._engineio_server_class`` (which engine.io to build),
+  ``_send_packet`` (the CONNECT answer gets the recovery ``pid``),
+  ``AsyncServer.environ`` (trimmed after connect), ``manager.rooms`` (room
+  participants read by the fan-out without a copy per event).
+tornado
+  ``WebSocketProtocol._compressor`` (None when deflate is off: raw frames are
+  then valid), ``ws_connection.stream`` (raw frames written to it),
+  ``IOStream._write_buffer`` (unsent bytes: ordering and the backlog limit),
+  ``IOStream._connecting``.
+asyncio
+  ``Queue._init``/``_get``/``_put`` (documented subclass hooks), ``_getters``,
+  ``_putters``, ``_finished._waiters`` (lists instead of deques),
+  ``_unfinished_tasks`` (nothing queued and not yet written).
+"""
+from .contract import WirePath, check
+from .engine import EngineIOServer, SocketServer, trim_environ
+from .fanout import NAMESPACE, Fanout
+from .websocket import close_websockets, websocket_handler
+
+__all__ = ['EngineIOServer', 'Fanout', 'NAMESPACE', 'SocketServer', 'WirePath', 'check',
+           'close_websockets', 'trim_environ', 'websocket_handler']

@@ -1,0 +1,162 @@
+"""engine.io and python-socketio, adjusted: light queues, spread pings, accepted websockets.
+
+Private names relied on (versions in the package docstring):
+
+* ``engineio.AsyncServer._async`` (the driver table, copied per server, never
+  edited in place): its ``websocket`` entry is wrapped so that a websocket is
+  known to the fan-out only once engine.io has accepted it for a session, and
+  ``translate_request`` so that ``REMOTE_ADDR`` is the peer's address (the
+  tornado driver writes 127.0.0.1; behind a proxy, tornado's ``xheaders``).
+* ``engineio.async_drivers.tornado.WebSocket``: constructed with
+  ``(handler, server)`` where ``handler`` is the bound
+  ``AsyncSocket._websocket_handler`` of the session; called with the environ
+  holding ``tornado.handler``.
+* ``AsyncSocket.upgrading`` / ``upgraded`` / ``closed`` / ``closing`` / ``queue``,
+  ``AsyncServer.sockets`` (sid -> socket).
+* ``engineio.AsyncServer.ping_interval`` read on every ping sleep (made a property).
+* ``socketio.AsyncServer._engineio_server_class`` (which engine.io class to
+  build) and ``_send_packet`` (every packet to a client passes there), and
+  ``AsyncServer.environ`` (the handshake environ kept per session).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Dict
+
+import engineio
+import socketio
+from engineio.async_drivers import tornado as eio_tornado
+from socketio import packet as sio_packet
+
+from .queues import LightQueue
+
+log = logging.getLogger('crm_realtime.wire')
+
+#: each ping comes at a random point of the last PING_SPREAD of the interval
+PING_SPREAD = 0.1
+
+#: request headers still kept, for logs, once a socket is connected
+KEPT_HEADERS = frozenset({'HTTP_HOST', 'HTTP_ORIGIN', 'HTTP_X_FORWARDED_FOR', 'HTTP_X_REAL_IP'})
+
+
+def _translate_request(handler):
+    environ = eio_tornado.translate_request(handler)
+    environ['REMOTE_ADDR'] = handler.request.remote_ip or '?'
+    return environ
+
+
+class EngineIOServer(engineio.AsyncServer):
+    """engine.io with light socket queues, spread pings, and a registry of accepted websockets.
+
+    ``websockets`` maps an engine.io sid to the tornado handler engine.io is
+    using for that session's websocket. A handler enters it only when
+    engine.io runs its websocket handler for an existing session (so the sid
+    was valid and, for an upgrade, the session was not already upgraded or
+    upgrading), and leaves it when that handler ends. The fan-out writes
+    directly only to a registered handler of an upgraded, non-upgrading
+    session: a sid alone never yields anyone's events.
+
+    Pings: engine.io pings a socket one interval after its last pong, so
+    sockets that connected together (every client after a restart) stay in
+    step for ever and are pinged in one burst. ``ping_interval`` is read as a
+    fresh random value in [0.9, 1] x interval (never more than the client was
+    told), so sockets drift apart.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.websockets: Dict[str, object] = {}
+        table = dict(self._async)
+        table['websocket'] = _accepting_websocket(self, table['websocket'])
+        table['translate_request'] = _translate_request
+        self._async = table
+
+    def create_queue(self, *args, **kwargs):
+        return LightQueue(*args, **kwargs)
+
+    @property
+    def ping_interval(self) -> float:
+        return self._ping_every * (1.0 - PING_SPREAD * random.random())
+
+    @ping_interval.setter
+    def ping_interval(self, value: float) -> None:
+        self._ping_every = value
+
+    def socket(self, eio_sid):
+        return self.sockets.get(eio_sid)
+
+    async def close_all(self, timeout: float = 2.0) -> None:
+        """Close every session at the engine.io level (shutdown): clients reconnect elsewhere.
+
+        Not ``disconnect()``: it waits for each polling client to collect its
+        CLOSE packet, which a client that went away never does.
+        """
+        import asyncio
+        for sock in list(self.sockets.values()):
+            try:
+                await asyncio.wait_for(sock.close(wait=False, abort=False), timeout)
+            except Exception:  # noqa: BLE001 - closing is best effort at shutdown
+                pass
+
+
+def _accepting_websocket(server: EngineIOServer, base):
+    class AcceptedWebSocket(base):
+        """engine.io's websocket wrapper that registers the websocket it serves."""
+
+        async def __call__(self, environ):
+            handler = environ['tornado.handler']
+            sock = getattr(self.handler, '__self__', None)
+            sid = getattr(sock, 'sid', None)
+            if sid is None or sock.upgrading:
+                # a second websocket racing an upgrade in progress: refuse it
+                handler.close(1008, 'session is already being upgraded')
+                return
+            server.websockets[sid] = handler
+            try:
+                await super().__call__(environ)
+            finally:
+                if server.websockets.get(sid) is handler:
+                    del server.websockets[sid]
+    return AcceptedWebSocket
+
+
+class SocketServer(socketio.AsyncServer):
+    """``AsyncServer`` on our engine.io, whose CONNECT answer can carry a recovery ``pid``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._connect_pids = {}      # (eio_sid, namespace) -> pid to announce
+
+    def _engineio_server_class(self):
+        return EngineIOServer
+
+    def announce_pid(self, sid: str, namespace: str, pid: str) -> None:
+        """Called by the connect handler: the CONNECT sent for ``sid`` will carry ``pid``."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        self._connect_pids[(eio_sid, namespace or '/')] = pid
+
+    async def _send_packet(self, eio_sid, pkt):
+        # The only packet altered is the CONNECT answer, and only by adding "pid".
+        if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
+            pid = self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
+            if pid is not None:
+                pkt.data = dict(pkt.data, pid=pid)
+        elif pkt.packet_type in (sio_packet.CONNECT_ERROR, sio_packet.DISCONNECT):
+            self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
+        await super()._send_packet(eio_sid, pkt)
+
+
+def trim_environ(environ) -> None:
+    """Drop what python-socketio would otherwise keep for the connection's whole life.
+
+    The handshake's environ stays in ``AsyncServer.environ`` until disconnect:
+    every request header (a browser's cookies for the CRM's own domain, an
+    ``Authorization`` bearer token) and the request-body reader, for which
+    engine.io's tornado driver defines a class per request (about 2.6 KB).
+    None of it is read after the connect handler. (``tornado.handler`` stays:
+    the driver answers the handshake request through it when it ends.)
+    """
+    environ.pop('wsgi.input', None)
+    for key in [k for k in environ if k.startswith('HTTP_') and k not in KEPT_HEADERS]:
+        del environ[key]
