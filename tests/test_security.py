@@ -207,3 +207,38 @@ async def test_an_integer_sub_claim_is_accepted_and_compared_as_text(database, m
     # other types stay refused
     refused = await clients(sc.url, make_token(1, None, sub=[11]), expect_error=True)
     assert refused.connect_error['data']['reason'] == 'invalid_token'
+
+
+@pytest.mark.node
+@pytest.mark.gen_test(timeout=90)
+async def test_recovery_survives_the_pools_backends_being_terminated(database, make_sidecar,
+                                                                     node_clients):
+    sc = await make_sidecar(database)
+    kinds = {'websocket': ('websocket',), 'polling': ('polling',), 'upgraded': ('polling', 'websocket')}
+    cs = {k: await node_clients(sc.url, make_token(1, 11), transports=t) for k, t in kinds.items()}
+    for c in cs.values():
+        await c.wait_for(lambda n: n.of_type('connect'))
+    await asyncio.sleep(0.5)            # the upgrade completes
+    database.insert_prospect(1, firstname='seen')
+    for c in cs.values():
+        await c.wait_events(1)
+        await c.send(cmd='hold')
+    for c in cs.values():
+        await c.wait_for(lambda n: n.of_type('disconnect'))
+    missed = [f'missed{i}' for i in range(12)]
+    for i, name in enumerate(missed):
+        database.insert_prospect(1, firstname=name)
+        if i == 5:      # a database restart, a failover, an idle-connection killer
+            killed = database.execute(
+                "SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'crm-realtime'")[0][0]
+            assert killed >= 1
+    await asyncio.sleep(1.5)
+    for c in cs.values():
+        await c.send(cmd='resume')
+    for kind, c in cs.items():
+        await c.wait_for(lambda n: len(n.of_type('connect')) >= 2)
+        assert c.of_type('connect')[1]['recovered'] is True, kind
+        await c.wait_events(1 + len(missed))
+        await asyncio.sleep(0.3)
+        assert [e[1]['firstname'] for e in c.events] == ['seen'] + missed, kind
