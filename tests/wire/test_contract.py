@@ -1,0 +1,202 @@
+"""Contract tests: one per library internal the wire relies on (sidecar/wire/__init__.py).
+
+Each fails with a message naming the internal when an installed release of
+engine.io, socketio, tornado or asyncio no longer means what the wire was
+written against. Behaviour is checked where it can be on real objects; where a
+meaning lives in the library's own code path (who calls what), its source is
+read, which is exactly the dependency the wire has.
+"""
+import asyncio
+import collections
+import inspect
+import socket
+
+import engineio
+import pytest
+import socketio
+import tornado.iostream
+import tornado.websocket
+from engineio import async_socket
+from engineio.async_drivers import tornado as eio_tornado
+
+from sidecar import wire
+from sidecar.wire.queues import LightQueue, unsent_packets
+
+pytestmark = pytest.mark.usefixtures('io_loop')
+
+
+def _src(obj) -> str:
+    return inspect.getsource(obj)
+
+
+def need(condition, name, meaning):
+    assert condition, f'library internal changed: {name} no longer {meaning}; see sidecar/wire/__init__.py'
+
+
+# ------------------------------------------------------------------ asyncio
+
+@pytest.mark.gen_test
+async def test_asyncio_queue_waiters_are_deques_and_unfinished_tasks_counts():
+    q = asyncio.Queue()
+    need(isinstance(q._getters, collections.deque), 'asyncio.Queue._getters', 'is a deque')
+    need(isinstance(q._putters, collections.deque), 'asyncio.Queue._putters', 'is a deque')
+    need(isinstance(q._finished._waiters, collections.deque), 'asyncio.Queue._finished._waiters',
+         'is a deque')
+    q.put_nowait(1)
+    q.put_nowait(2)
+    need(q._unfinished_tasks == 2, 'asyncio.Queue._unfinished_tasks', 'counts items put')
+    q.get_nowait()
+    q.task_done()
+    need(q._unfinished_tasks == 1, 'asyncio.Queue._unfinished_tasks', 'drops on task_done()')
+
+
+@pytest.mark.gen_test
+async def test_asyncio_queue_storage_goes_through_init_get_put():
+    q = LightQueue()
+    for i in range(3):
+        q.put_nowait(i)
+    need(type(q._queue) is not collections.deque, 'asyncio.Queue._init', 'creates the storage')
+    need([q.get_nowait() for _ in range(3)] == [0, 1, 2], 'asyncio.Queue._get/_put', 'are FIFO hooks')
+    need(unsent_packets(q) == 3, 'asyncio.Queue._unfinished_tasks', 'is an int')
+
+
+# ------------------------------------------------------------------ engine.io
+
+def _server():
+    return wire.EngineIOServer(async_mode='tornado')
+
+
+@pytest.mark.gen_test
+async def test_engineio_driver_table_has_the_wrapped_entries():
+    base = engineio.AsyncServer(async_mode='tornado')
+    need({'websocket', 'translate_request', 'make_response'} <= set(base._async),
+         'engineio AsyncServer._async', 'holds websocket/translate_request/make_response')
+    server = _server()
+    need(server._async is not base._async and base._async['websocket'] is eio_tornado.WebSocket,
+         'engineio AsyncServer._async', 'is a per-module table the wire may copy')
+    need(issubclass(server._async['websocket'], eio_tornado.WebSocket),
+         'engineio async_drivers.tornado.WebSocket', 'is the class the driver table names')
+
+
+def test_engineio_builds_the_websocket_wrapper_with_the_sessions_handler():
+    src = _src(async_socket.AsyncSocket._upgrade_websocket)
+    need("self.server._async['websocket'](" in src and 'self._websocket_handler' in src,
+         'engineio AsyncSocket._upgrade_websocket',
+         "builds _async['websocket'](self._websocket_handler, server)")
+    params = list(inspect.signature(eio_tornado.WebSocket.__init__).parameters)
+    need(params[:3] == ['self', 'handler', 'server'], 'engineio tornado WebSocket.__init__',
+         'takes (handler, server)')
+    need("environ['tornado.handler']" in _src(eio_tornado.WebSocket.__call__),
+         "engineio tornado WebSocket.__call__ / environ['tornado.handler']",
+         'reads the tornado handler from the environ')
+
+
+def test_engineio_upgrade_flags_guard_the_websocket_handler():
+    src = _src(async_socket.AsyncSocket._websocket_handler)
+    for flag in ('self.upgrading = True', 'self.upgraded = True', 'self.upgrading = False'):
+        need(flag in src, f'engineio AsyncSocket.{flag.split()[0][5:]}', 'is set around the upgrade')
+    need('raise OSError' in _src(async_socket.AsyncSocket._upgrade_websocket)
+         and 'if self.upgraded' in _src(async_socket.AsyncSocket._upgrade_websocket),
+         'engineio AsyncSocket.upgraded', 'refuses a second upgrade')
+
+
+@pytest.mark.gen_test
+async def test_engineio_sockets_and_socket_attributes():
+    server = _server()
+    need(isinstance(server.sockets, dict), 'engineio AsyncServer.sockets', 'is a dict sid -> socket')
+    s = async_socket.AsyncSocket(server, 'probe')
+    for attr in ('upgraded', 'upgrading', 'closed', 'closing'):
+        need(getattr(s, attr) is False, f'engineio AsyncSocket.{attr}', 'starts False')
+    need(type(s.queue) is LightQueue, 'engineio AsyncServer.create_queue', 'makes each socket queue')
+    need('self.queue.put(pkt)' in _src(async_socket.AsyncSocket.send), 'engineio AsyncSocket.queue',
+         'is where send() puts packets')
+    need('self.queue.get()' in _src(async_socket.AsyncSocket.poll)
+         and 'task_done' in _src(async_socket.AsyncSocket.poll),
+         'engineio AsyncSocket.poll', 'takes packets with get()/task_done()')
+
+
+def test_engineio_reads_ping_interval_for_every_ping():
+    need('self.server.ping_interval' in _src(async_socket.AsyncSocket._send_ping),
+         'engineio AsyncServer.ping_interval', 'is read on every ping sleep')
+    server = _server()
+    reads = {server.ping_interval for _ in range(50)}
+    need(len(reads) > 1 and max(reads) <= 25, 'engineio AsyncServer.ping_interval',
+         'can be a property (spread pings)')
+
+
+def test_engineio_tornado_handler_uses_the_receive_queue_through_three_methods():
+    handler = socketio.get_tornado_handler(socketio.AsyncServer(async_mode='tornado'))
+    for name in ('on_message', 'get_next_message', 'on_close'):
+        need(name in handler.__dict__, f'engineio tornado Handler.{name}', 'is defined by the driver')
+    need('receive_queue.put_nowait(None)' in _src(handler.on_close),
+         'engineio tornado Handler.on_close', 'puts None on receive_queue')
+    need('get_next_message' in _src(eio_tornado.WebSocket.wait),
+         'engineio tornado WebSocket.wait', 'reads through get_next_message')
+    need('engineio_server.handle_request(self)' in _src(handler.open),
+         'engineio tornado Handler.open', 'hands the websocket to handle_request')
+
+
+# ------------------------------------------------------------------ socketio
+
+def test_socketio_builds_engineio_through_engineio_server_class():
+    from socketio import base_server
+    need('self._engineio_server_class()' in _src(base_server.BaseServer.__init__),
+         'socketio BaseServer._engineio_server_class', 'builds the engine.io server')
+    sio = wire.SocketServer(async_mode='tornado')
+    need(type(sio.eio) is wire.EngineIOServer, 'socketio AsyncServer._engineio_server_class',
+         'decides the engine.io class')
+
+
+def test_socketio_sends_the_connect_answer_through_send_packet():
+    src = _src(socketio.AsyncServer._handle_connect)
+    need('self._send_packet(' in src and 'packet.CONNECT, {' in src,
+         'socketio AsyncServer._send_packet', 'sends the CONNECT answer (with its data dict)')
+    need('self.environ[eio_sid]' in src, 'socketio AsyncServer.environ',
+         'is the handshake environ handed to the connect handler')
+
+
+@pytest.mark.gen_test
+async def test_socketio_rooms_map_sid_to_eio_sid():
+    mgr = socketio.AsyncManager()
+    mgr.set_server(socketio.AsyncServer(async_mode='tornado'))
+    mgr.initialize()
+    sid = await mgr.connect('eio-1', '/')
+    mgr.basic_enter_room(sid, '/', 'org:1')
+    need(dict(mgr.rooms['/']['org:1']) == {sid: 'eio-1'}, 'socketio manager.rooms',
+         'maps namespace -> room -> {sid: eio_sid}')
+
+
+# ------------------------------------------------------------------ tornado
+
+@pytest.mark.gen_test
+async def test_tornado_iostream_write_buffer_counts_unsent_bytes():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    stream = tornado.iostream.IOStream(a)
+    try:
+        need(isinstance(stream._connecting, bool), 'tornado IOStream._connecting', 'is a bool')
+        need(len(stream._write_buffer) == 0, 'tornado IOStream._write_buffer', 'starts empty')
+        need(stream.socket is a, 'tornado IOStream.socket', 'is the connected socket')
+        stream.write(b'x' * (8 << 20))          # the peer does not read: the kernel fills up
+        await asyncio.sleep(0.05)
+        need(0 < len(stream._write_buffer) <= 8 << 20, 'tornado IOStream._write_buffer',
+             'holds what the kernel has not taken')
+    finally:
+        stream.close()
+        b.close()
+
+
+def test_tornado_websocket_compressor_is_none_without_deflate():
+    import re
+    src = _src(tornado.websocket.WebSocketProtocol13)
+    need(re.search(r'self\._compressor\b[^=\n]*= None', src) and 'self._compressor.compress' in src,
+         'tornado WebSocketProtocol13._compressor', 'is None when deflate is not negotiated')
+    need('self.stream' in _src(tornado.websocket.WebSocketProtocol),
+         'tornado WebSocketProtocol.stream', 'is the connection stream frames are written to')
+
+
+# ------------------------------------------------------------------ the whole
+
+def test_the_installed_libraries_run_the_direct_path():
+    path = wire.check(wire.SocketServer(async_mode='tornado'))
+    assert path.direct, f'wire runs on the public path: {path.problems}'
