@@ -10,7 +10,8 @@
 // Stdout, JSON lines: {"type":"ready", connected} once every socket connected once;
 // {"type":"report", sockets:[{connects:[recovered...], disconnects:[reason...],
 // names:[firstname...], offsets_missing}]} on the stdin line "report".
-// Stdin: "report", "exit".
+// Stdin: "report", "exit", "drop <fraction>" (close that share of the sockets' transports as a
+// network failure would; they reconnect and recover).
 import { createInterface } from "node:readline";
 import process from "node:process";
 import { io } from "socket.io-client";
@@ -54,6 +55,10 @@ async function main() {
 createInterface({ input: process.stdin }).on("line", (line) => {
   const cmd = line.trim();
   if (cmd === "report") out({ type: "report", sockets: state });
+  else if (cmd.startsWith("drop ")) {
+    const share = Number(cmd.slice(5));
+    sockets.forEach((s, i) => { if (s && (i * 7919) % 1000 < share * 1000) s.io.engine.close(); });
+  }
   else if (cmd === "exit") { sockets.forEach((s) => s && s.disconnect()); process.exit(0); }
 });
 main();
