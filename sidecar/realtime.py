@@ -13,6 +13,13 @@ Connection policy:
   ``user:<org>:<user>``. When its token expires the server disconnects it
   (the client sees ``io server disconnect`` and, per the contract, reconnects
   with a fresh token).
+* ``auth:refresh`` (client to server, acknowledged): a connected socket sends
+  ``{token}`` before its token expires. The token is verified exactly like a
+  connection token and accepted only for the same organization and user; the
+  socket's expiry moves and the answer is ``{ok: true, expires_at}``. Anything
+  else answers ``{ok: false, message: "Authentication error", reason}`` (the
+  connection reasons, or ``identity_mismatch``) and the old expiry stands. The
+  socket never leaves its rooms, so nothing is missed or repeated.
 * A reconnecting socket that can be recovered is put on hold, gets what it
   missed from the journal, then what arrived meanwhile, then joins its rooms
   (recovery.py), so nothing is sent twice or skipped.
@@ -33,6 +40,9 @@ from .recovery import Recovery
 from .wire import NAMESPACE, Fanout, SocketServer, check, trim_environ, websocket_handler
 
 log = logging.getLogger('crm_realtime.realtime')
+
+#: client -> server event that moves a connected socket's expiry (see the module docstring)
+AUTH_REFRESH = 'auth:refresh'
 
 
 class Realtime:
@@ -62,6 +72,7 @@ class Realtime:
         self._expiry = {}
         self.sio.on('connect', self._on_connect)
         self.sio.on('disconnect', self._on_disconnect)
+        self.sio.on(AUTH_REFRESH, self._on_refresh)
 
     # ------------------------------------------------------------------ connect
 
@@ -85,9 +96,7 @@ class Realtime:
             self.fanout.join(sid, self._rooms(ident))
         else:
             self.recovery.hold(sid, ident, start)
-        delay = max(0.0, ident.expires_at - time.time())
-        self._expiry[sid] = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._expire(sid)))
+        self._schedule_expiry(sid, ident.expires_at)
         self.metrics.connected_clients.inc()
         log.debug('socket %s joined organization %s as user %s', sid, ident.organization_id, ident.user_id)
 
@@ -97,6 +106,36 @@ class Realtime:
         if ident.user_id is not None:
             rooms.append(user_room(ident.organization_id, ident.user_id))
         return rooms
+
+    def _schedule_expiry(self, sid, expires_at: float) -> None:
+        delay = max(0.0, expires_at - time.time())
+        self._expiry[sid] = asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(self._expire(sid)))
+
+    async def _on_refresh(self, sid, data=None):
+        data = data if isinstance(data, dict) else {}
+        try:
+            ident = self.verifier.verify(data.get('token'))
+        except AuthError as exc:
+            log.info('socket %s: token refresh refused: %s', sid, exc.detail)
+            self.metrics.auth_refused.labels(exc.reason).inc()
+            return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': exc.reason}
+        session = await self.sio.get_session(sid)
+        handle = self._expiry.get(sid)
+        if handle is None:
+            return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': 'token_expired'}
+        if (ident.organization_id, ident.user_id) != (session['organization_id'], session['user_id']):
+            log.info('socket %s: token refresh refused: the token is for organization %s user %s, '
+                     'the socket for organization %s user %s', sid, ident.organization_id,
+                     ident.user_id, session['organization_id'], session['user_id'])
+            self.metrics.auth_refused.labels('identity_mismatch').inc()
+            return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': 'identity_mismatch'}
+        handle.cancel()
+        self._schedule_expiry(sid, ident.expires_at)
+        session['exp'] = ident.expires_at
+        await self.sio.save_session(sid, session)
+        log.debug('socket %s: token refreshed, expires at %s', sid, ident.expires_at)
+        return {'ok': True, 'expires_at': ident.expires_at}
 
     # ------------------------------------------------------------------ lifecycle
 

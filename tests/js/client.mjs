@@ -12,7 +12,10 @@
 //   {cmd: "resume", url} come back (optionally to another server: another replica)
 //   {cmd: "disconnect"}  socket.disconnect()
 //   {cmd: "connect"}     socket.connect()
-//   {cmd: "auth", token} replace auth.token for the next (re)connection
+//   {cmd: "auth", token} replace auth.token for the next (re)connection (with
+//                        config.authFunction, the token the auth function hands out)
+//   {cmd: "emit", event, data}  emit with an acknowledgement; prints {type: "ack", event,
+//                        error, response}
 //   {cmd: "pause"}       stop reading the websocket (a slow reader: the server's kernel
 //                        buffer fills up), until {cmd: "unpause"}
 //   {cmd: "exit"}
@@ -24,8 +27,12 @@ import { createHash } from "node:crypto";
 const config = JSON.parse(process.env.CLIENT_CONFIG || "{}");
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
+// config.authFunction: the recommended form of the contract's connectSocket, where
+// auth is a function socket.io-client calls on every (re)connection
+let currentToken = config.token;
 const socket = io(config.url, {
-  auth: config.auth || { token: config.token },
+  auth: config.authFunction ? (cb) => cb({ token: currentToken })
+                            : (config.auth || { token: config.token }),
   transports: config.transports || ["websocket", "polling"],
   reconnectionDelay: 100,
   reconnectionDelayMax: 500,
@@ -61,7 +68,15 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   }
   else if (msg.cmd === "disconnect") socket.disconnect();
   else if (msg.cmd === "connect") socket.connect();
-  else if (msg.cmd === "auth") socket.auth = { ...socket.auth, token: msg.token };
+  else if (msg.cmd === "auth") {
+    currentToken = msg.token;
+    if (typeof socket.auth !== "function") socket.auth = { ...socket.auth, token: msg.token };
+  }
+  else if (msg.cmd === "emit") {
+    socket.timeout(5000).emit(msg.event, msg.data, (err, response) =>
+      out({ type: "ack", event: msg.event, error: err ? String(err.message || err) : null,
+            response: response ?? null }));
+  }
   else if (msg.cmd === "pause") socket.io.engine.transport.ws.pause();
   else if (msg.cmd === "unpause") socket.io.engine.transport.ws.resume();
   else if (msg.cmd === "exit") { socket.disconnect(); process.exit(0); }
