@@ -103,16 +103,23 @@ def notification_payload(data: Dict[str, Any]) -> Dict[str, Any]:
     return payload
 
 
+def room_of(change: Change) -> Optional[str]:
+    """The room a change is delivered to, or None when it causes no event (payload not built)."""
+    if change.kind == 'prospect':
+        return org_room(change.organization_id) if change.op in ('created', 'updated', 'deleted') else None
+    if change.kind == 'notification' and change.op == 'created':
+        return (user_room(change.organization_id, change.user_id) if change.user_id is not None
+                else org_room(change.organization_id))
+    return None
+
+
 def route(change: Change) -> List[Delivery]:
     """Map one change to the deliveries it causes (possibly none)."""
+    room = room_of(change)
+    if room is None:
+        return []
     if change.kind == 'prospect':
-        room = org_room(change.organization_id)
         if change.op == 'deleted':
             return [Delivery(PROSPECT_DELETED, {'id': _id(change.data.get('id'))}, room)]
-        if change.op in ('created', 'updated'):
-            return [Delivery(f'prospect:{change.op}', prospect_payload(change.data), room)]
-    elif change.kind == 'notification' and change.op == 'created':
-        room = (user_room(change.organization_id, change.user_id) if change.user_id is not None
-                else org_room(change.organization_id))
-        return [Delivery(NOTIFICATION, notification_payload(change.data), room)]
-    return []
+        return [Delivery(f'prospect:{change.op}', prospect_payload(change.data), room)]
+    return [Delivery(NOTIFICATION, notification_payload(change.data), room)]

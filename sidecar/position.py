@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import FrozenSet, NamedTuple, Optional, Tuple
+from typing import FrozenSet, NamedTuple, Optional
 
 _SNAP = r'\d{1,20}:\d{1,20}:(?:\d{1,20}(?:,\d{1,20})*)?'
 _POSITION_RE = re.compile(rf'^({_SNAP})(?:~({_SNAP})~(\d{{1,20}}))?$')
@@ -88,13 +88,6 @@ class Position(NamedTuple):
         if top is not None and not Snapshot.parse(top).sees_all_of(Snapshot.parse(base)):
             return None
         return cls(base, top, int(last) if last is not None else None)
-
-
-def batch_offsets(before: str, after: str, ids) -> Tuple[str, ...]:
-    """The offset after each row of a batch read between snapshots ``before`` and ``after``."""
-    ids = list(ids)
-    return tuple(after if i == len(ids) - 1 else f'{before}~{after}~{row_id}'
-                 for i, row_id in enumerate(ids))
 
 
 def new_pid(position: Optional[str]) -> str:

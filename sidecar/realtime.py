@@ -34,8 +34,7 @@ from typing import List, Optional
 import socketio
 
 from .auth import CLIENT_MESSAGE, AuthError, TokenVerifier, bearer_token
-from .events import Change, org_room, route, user_room
-from .position import batch_offsets
+from .events import Change, org_room, room_of, route, user_room
 from .recovery import Recovery
 from .wire import NAMESPACE, Fanout, SocketServer, check, trim_environ, websocket_handler
 
@@ -156,16 +155,32 @@ class Realtime:
     # ------------------------------------------------------------------ live stream
 
     async def on_changes(self, before: str, after: str, changes: List[Change]) -> None:
-        """Deliver a batch read from the journal, in journal order, each with its offset."""
-        offsets = batch_offsets(before, after, (c.id for c in changes))
-        batch = [(delivery, offset) for change, offset in zip(changes, offsets)
-                 for delivery in route(change)]
-        self.recovery.batch_started(batch)
-        try:
-            for delivery, offset in batch:
-                await self.fanout.deliver(delivery, offset)
-        finally:
-            self.recovery.batch_done()
+        """Deliver a batch read from the journal, in journal order, each with its offset.
+
+        Changes for rooms nobody is in (and nobody recovering will join) are
+        skipped before any payload is built: the journal stays the truth, so a
+        client that connects later gets them through recovery. The offset of
+        an event is the position just after it (position.py), so skipping the
+        batch's last change only means the client's offset advances with its
+        next event.
+        """
+        listening, held = self.fanout.has_listeners, self.recovery.holds_room
+        last = len(changes) - 1
+        batch = []
+        for i, change in enumerate(changes):
+            room = room_of(change)
+            if room is None or not (listening(room) or held(room)):
+                continue
+            offset = after if i == last else f'{before}~{after}~{change.id}'
+            for delivery in route(change):
+                batch.append((delivery, offset))
+        if batch:
+            self.recovery.batch_started(batch, after)
+            try:
+                for delivery, offset in batch:
+                    await self.fanout.deliver(delivery, offset)
+            finally:
+                self.recovery.batch_done()
         self.metrics.journal_lag.set(max(0.0, time.time() - changes[-1].recorded_at))
 
     def cursor(self) -> Optional[str]:

@@ -202,7 +202,7 @@ class Recovery:
         self._by_room: Dict[str, List[Hold]] = defaultdict(list)
         self._pending: Dict[str, List[Hold]] = defaultdict(list)   # organization -> holds to serve
         self._workers: Dict[str, asyncio.Task] = {}
-        self._batch: Optional[List[Tuple[Delivery, str]]] = None
+        self._batch_after: Optional[str] = None    # the position a batch being dispatched ends at
 
     # ------------------------------------------------------------------ at connect
 
@@ -256,15 +256,16 @@ class Recovery:
         """Put a socket on hold at the live position; synchronous, like joining a room.
 
         Called after ``start`` said yes and before the CONNECT answer goes out.
-        Live batches dispatched from now on are kept for it (the one being
-        dispatched, if any, whole); the catch-up runs once the answer is sent.
+        Live batches dispatched from now on are kept for it; the catch-up runs
+        once the answer is sent. If a batch is being dispatched right now (its
+        deliveries can await), the replay reaches the end of that batch
+        instead, and none of it is kept.
         """
         rooms = [org_room(ident.organization_id)]
         if ident.user_id is not None:
             rooms.append(user_room(ident.organization_id, ident.user_id))
-        h = Hold(sid, ident.organization_id, ident.user_id, rooms, start, self._listener.position)
-        if self._batch is not None:
-            self._keep(h, self._batch)
+        target = self._batch_after if self._batch_after is not None else self._listener.position
+        h = Hold(sid, ident.organization_id, ident.user_id, rooms, start, target)
         self._holds[sid] = h
         for room in rooms:
             self._by_room[room].append(h)
@@ -274,9 +275,9 @@ class Recovery:
 
     # ------------------------------------------------------------------ live batches
 
-    def batch_started(self, batch: List[Tuple[Delivery, str]]) -> None:
-        """The live stream is about to dispatch ``batch``: keep it for every socket on hold."""
-        self._batch = batch
+    def batch_started(self, batch: List[Tuple[Delivery, str]], after: str) -> None:
+        """The live stream is about to dispatch ``batch`` (ending at ``after``): keep it for the holds."""
+        self._batch_after = after
         if not self._holds:
             return
         touched = {}
@@ -293,11 +294,7 @@ class Recovery:
                 asyncio.ensure_future(self._fanout.drop_transport(h.sid))
 
     def batch_done(self) -> None:
-        self._batch = None
-
-    def _keep(self, h: Hold, batch) -> None:
-        rooms = set(h.rooms)
-        h.kept.extend((d, o) for d, o in batch if d.room in rooms)
+        self._batch_after = None
 
     def forget(self, sid) -> None:
         """The socket disconnected."""
@@ -318,6 +315,9 @@ class Recovery:
                 if not holds:
                     del self._by_room[room]
         h.kept = []
+
+    def holds_room(self, room: str) -> bool:
+        return room in self._by_room
 
     @property
     def holding(self) -> int:

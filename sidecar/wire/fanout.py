@@ -187,6 +187,10 @@ class Fanout:
             self._metrics.events_emitted.labels(delivery.event).inc()
         return True
 
+    def has_listeners(self, room: str) -> bool:
+        """Is any socket in ``room``? (Cheap: one dict lookup, no copy.)"""
+        return bool(self._manager.rooms.get(NAMESPACE, {}).get(room))
+
     def join(self, sid: str, rooms) -> None:
         """Put a connected socket in its rooms, synchronously (no batch can slip in between)."""
         for room in rooms:
