@@ -66,7 +66,7 @@ def test_the_fold_rewrites_the_creation_exactly_as_the_capture_would(odoo_db):
             cur.execute('SELECT data FROM crm_realtime.journal')
             ((captured,),) = cur.fetchall()
             # blank it: what is there after commit was written by the fold alone
-            cur.execute('''UPDATE crm_realtime.journal SET data = '{"stale": true}' ''')
+            cur.execute("UPDATE crm_realtime.journal SET data = jsonb_build_object('id', data->'id')")
         conn.commit()
     ((op, _, folded),) = _journal(odoo_db)
     assert op == 'created' and captured['id'] == lead and captured['status'] == 2

@@ -7,7 +7,8 @@ _logger = logging.getLogger(__name__)
 
 
 def post_init_hook(env):
-    """Apply sql/install.sql and watch crm_lead and crm_realtime_notification.
+    """Apply the module's copy of sql/install.sql (data/), watch crm_lead and
+    crm_realtime_notification, and add the fold that publishes a new lead once, at commit.
 
     Runs inside the module-install transaction: a failure rolls the whole
     install back, and nothing is committed before Odoo commits.
@@ -18,7 +19,8 @@ def post_init_hook(env):
 
 
 def uninstall_hook(env):
-    """Apply sql/uninstall.sql: drop the capture triggers and the crm_realtime schema.
+    """Drop the addon's lead trigger, then apply data/uninstall.sql (the capture
+    triggers and the crm_realtime schema).
 
     Odoo calls it before dropping the addon's own tables, so the triggers on
     crm_realtime_notification are removed while that table still exists.

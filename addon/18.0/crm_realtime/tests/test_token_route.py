@@ -1,4 +1,5 @@
-"""Odoo-framework tests of /crm_realtime/token (need a running Odoo 17; see readme/ROADMAP.md)."""
+"""Odoo-framework tests of /crm_realtime/token and of what RPC may call (need a
+running Odoo 17.0, 18.0 or 19.0; never run here, see readme/ROADMAP.md)."""
 import json
 
 import jwt
@@ -22,12 +23,13 @@ class TestTokenRoute(HttpCase):
             company_ids=[(6, 0, [self.env.company.id, self.other_company.id])])
         self.own_leads = new_test_user(
             self.env, login="rt_own_leads", groups="sales_team.group_sale_salesman")
+        self.portal = new_test_user(self.env, login="rt_portal", groups="base.group_portal")
 
-    def _call(self, login, context=None):
+    def _call(self, login, context=None, url="/crm_realtime/token", params=None):
         self.authenticate(login, login)
-        params = {"context": context} if context else {}
+        params = dict(params or {}, **({"context": context} if context else {}))
         response = self.url_open(
-            "/crm_realtime/token",
+            url,
             data=json.dumps({"jsonrpc": "2.0", "method": "call", "params": params}),
             headers={"Content-Type": "application/json"},
         )
@@ -53,3 +55,21 @@ class TestTokenRoute(HttpCase):
     def test_unconfigured_addon_answers_disabled(self):
         self.env["ir.config_parameter"].sudo().set_param("crm_realtime.jwt_secret", False)
         self.assertEqual(self._call("rt_all_leads")["result"], {"enabled": False})
+
+    def test_unconfigured_addon_warns_once(self):
+        self.env["ir.config_parameter"].sudo().set_param("crm_realtime.jwt_secret", False)
+        with self.assertLogs("odoo.addons.crm_realtime.controllers.token", "WARNING") as logs:
+            for _ in range(3):
+                self.assertEqual(self._call("rt_all_leads")["result"], {"enabled": False})
+        self.assertEqual(len([r for r in logs.records if r.levelname == "WARNING"]), 1)
+
+    def test_notify_is_refused_over_rpc(self):
+        model = self.env["crm.realtime.notification"]
+        before = model.sudo().search_count([])
+        for login in ("rt_portal", "rt_own_leads", "rt_all_leads"):
+            for method in ("_notify", "notify"):
+                answer = self._call(login, url=f"/web/dataset/call_kw/crm.realtime.notification/{method}",
+                                    params={"model": "crm.realtime.notification", "method": method,
+                                            "args": ["Forged", "pushed to every socket"], "kwargs": {}})
+                self.assertIn("error", answer, (login, method))
+        self.assertEqual(model.sudo().search_count([]), before)
