@@ -97,7 +97,7 @@ SHIPPED_SQL = ('install.sql', 'uninstall.sql')
 LEAD_AT_COMMIT_FUNCTION = 'odoo_lead_created_at_commit'
 LEAD_AT_COMMIT_TRIGGERS = ('crm_realtime_lead_created_at_commit',
                            'crm_realtime_lead_company_set_at_commit')
-#: transaction-local setting marking "this transaction's journal is folded up to row N"
+#: transaction-local setting marking "this statement already folded this transaction"
 LEAD_AT_COMMIT_MARK = 'crm_realtime.odoo_lead_fold'
 
 
@@ -169,9 +169,12 @@ def lead_at_commit_sql(utc_columns) -> str:
     """The function and the two deferred constraint triggers folding a new lead's events at commit.
 
     One fold serves the whole transaction: the first firing at commit folds
-    every lead, records ``<txid>:<last journal row>`` in a transaction-local
-    setting, and the other firings (one per inserted lead) only compare that
-    mark, one index probe each, so a bulk import stays linear.
+    every lead and records ``<txid>:<statement_timestamp()>`` in a
+    transaction-local setting; the other firings of that statement (one per
+    inserted lead) compare the mark and return, so a bulk import stays linear.
+    (Probing the journal instead, e.g. its ``max(id)``, would step over the
+    rows the fold just deleted on every firing: quadratic; and a
+    ``BEGIN ... EXCEPTION`` block per firing would open a subtransaction per lead.)
     """
     lead, org, pk = LEAD_TABLE, _quote_ident(LEAD_ORG_COLUMN), _quote_ident(LEAD_PK_COLUMN)
     payload = lead_payload_sql('l', utc_columns)
@@ -181,50 +184,56 @@ def lead_at_commit_sql(utc_columns) -> str:
 CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fold$
 DECLARE
-    v_txid xid8 := pg_catalog.pg_current_xact_id();
-    v_last bigint;
+    -- Deferred triggers fire inside one statement: the COMMIT (or a SET
+    -- CONSTRAINTS ... IMMEDIATE). The first firing of that statement folds the
+    -- whole transaction; the others see the mark and return. Rows journaled by
+    -- a later statement are folded by that statement's firings.
+    v_mark    text := pg_catalog.pg_current_xact_id()::text || ':' || pg_catalog.statement_timestamp()::text;
+    v_txid    xid8 := pg_catalog.pg_current_xact_id();
+    v_keep    bigint[];
+    v_payload jsonb[];
+    v_drop    bigint[];
 BEGIN
-    SELECT max(j."id") INTO v_last FROM "crm_realtime"."journal" j WHERE j."txid" = v_txid;
-    IF pg_catalog.current_setting('{LEAD_AT_COMMIT_MARK}', true)
-       = v_txid::text || ':' || coalesce(v_last::text, '') THEN
-        RETURN NULL;    -- folded already, and nothing was journaled since
+    IF pg_catalog.current_setting('{LEAD_AT_COMMIT_MARK}', true) = v_mark THEN
+        RETURN NULL;
     END IF;
-    WITH tx AS (
-        SELECT j."id", j."op", j."organization_id", (j."data" ->> 'id') AS lead_id
-          FROM "crm_realtime"."journal" j
-         WHERE j."txid" = v_txid AND j."kind" = 'prospect'
-    ), born AS (        -- leads whose first event in this transaction is a creation
-        SELECT f.lead_id FROM (SELECT DISTINCT ON (tx.lead_id) tx.lead_id, tx."op"
-                                 FROM tx ORDER BY tx.lead_id, tx."id") f
-         WHERE f."op" = 'created'
-    ), last_created AS (
-        SELECT DISTINCT ON (tx.lead_id) tx.lead_id, tx."id", tx."organization_id"
-          FROM tx JOIN born USING (lead_id)
-         WHERE tx."op" = 'created' ORDER BY tx.lead_id, tx."id" DESC
-    ), now_row AS (     -- the lead as it is at commit (no row: deleted since)
-        SELECT b.lead_id, l.{org}::text AS organization_id, {payload} AS payload
-          FROM born b LEFT JOIN {lead} l ON l.{pk} = b.lead_id::bigint
-    ), kept AS (        -- the creation that stays, rewritten with the row at commit
-        SELECT c."id", n.payload
-          FROM last_created c JOIN now_row n USING (lead_id)
-         WHERE n.organization_id IS NOT NULL AND n.organization_id = c."organization_id"
-    ), settled AS (     -- leads folded: kept, deleted since, or left without a company
-        SELECT n.lead_id FROM now_row n
-         WHERE n.organization_id IS NULL
-            OR EXISTS (SELECT 1 FROM last_created c JOIN kept k USING ("id")
-                        WHERE c.lead_id = n.lead_id)
-    ), rewritten AS (
-        UPDATE "crm_realtime"."journal" j SET "data" = k.payload
-          FROM kept k WHERE j."txid" = v_txid AND j."id" = k."id"
-        RETURNING j."id"
+    -- One pass over the transaction's rows (an index range on the journal's key),
+    -- then one index probe per lead; the results go to arrays so the UPDATE and
+    -- the DELETE below are index lookups too, whatever the planner guesses.
+    WITH born AS (      -- leads whose first event in this transaction is a creation
+        SELECT b.lead_id, b.keep_id, b.ids FROM (
+            SELECT (j."data" ->> 'id') AS lead_id,
+                   (pg_catalog.array_agg(j."op" ORDER BY j."id"))[1] AS first_op,
+                   max(j."id") FILTER (WHERE j."op" = 'created') AS keep_id,
+                   pg_catalog.array_agg(j."id") AS ids
+              FROM "crm_realtime"."journal" j
+             WHERE j."txid" = v_txid AND j."kind" = 'prospect'
+             GROUP BY 1) b
+         WHERE b.first_op = 'created'
+    ), decided AS (     -- keep the last creation, drop everything, or leave the lead alone
+        SELECT b.keep_id, b.ids, {payload} AS payload,
+               CASE WHEN l.{pk} IS NULL OR l.{org} IS NULL THEN 'drop'     -- gone, or no company
+                    WHEN l.{org}::text = c."organization_id" THEN 'keep'
+                    ELSE 'leave' END AS action
+          FROM born b
+          JOIN "crm_realtime"."journal" c ON c."txid" = v_txid AND c."id" = b.keep_id
+          LEFT JOIN {lead} l ON l.{pk} = b.lead_id::bigint
     )
-    DELETE FROM "crm_realtime"."journal" j
-     USING tx JOIN settled USING (lead_id)
-     WHERE j."txid" = v_txid AND j."id" = tx."id"
-       AND tx."id" NOT IN (SELECT k."id" FROM kept k);
-    SELECT max(j."id") INTO v_last FROM "crm_realtime"."journal" j WHERE j."txid" = v_txid;
-    PERFORM pg_catalog.set_config('{LEAD_AT_COMMIT_MARK}',
-                                  v_txid::text || ':' || coalesce(v_last::text, ''), true);
+    SELECT pg_catalog.array_agg(d.keep_id) FILTER (WHERE d.action = 'keep'),
+           pg_catalog.array_agg(d.payload) FILTER (WHERE d.action = 'keep'),
+           (SELECT pg_catalog.array_agg(x) FROM decided e, pg_catalog.unnest(e.ids) AS x
+             WHERE e.action = 'drop' OR (e.action = 'keep' AND x <> e.keep_id))
+      INTO v_keep, v_payload, v_drop
+      FROM decided d;
+    IF v_keep IS NOT NULL THEN
+        UPDATE "crm_realtime"."journal" j SET "data" = u.payload
+          FROM ROWS FROM (pg_catalog.unnest(v_keep), pg_catalog.unnest(v_payload)) AS u(id, payload)
+         WHERE j."txid" = v_txid AND j."id" = u.id AND j."data" IS DISTINCT FROM u.payload;
+    END IF;
+    IF v_drop IS NOT NULL THEN
+        DELETE FROM "crm_realtime"."journal" j WHERE j."txid" = v_txid AND j."id" = ANY (v_drop);
+    END IF;
+    PERFORM pg_catalog.set_config('{LEAD_AT_COMMIT_MARK}', v_mark, true);
     RETURN NULL;
 END
 $fold$;
