@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import py_compile
 import re
+import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -39,9 +40,7 @@ def test_each_version_folder_is_complete_and_its_copies_are_current():
 
 def test_sync_check_reports_a_stale_copy(tmp_path, monkeypatch):
     for name in ('addon', 'sql'):
-        src = ROOT / name
-        import shutil
-        shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns('__pycache__'))
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns('__pycache__'))
     monkeypatch.setattr(SYNC, 'ROOT', tmp_path)
     monkeypatch.setattr(SYNC, 'ADDON_DIR', tmp_path / 'addon')
     monkeypatch.setattr(SYNC, 'SHARED', tmp_path / 'addon' / 'shared')
