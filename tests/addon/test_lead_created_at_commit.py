@@ -199,3 +199,19 @@ async def test_the_browser_sees_one_complete_created_event(odoo_db, make_sidecar
     await sales.wait_events(2)
     assert [(e[0], e[1]['id'], e[1]['status']) for e in sales.events] == [
         ('prospect:created', str(lead), '2'), ('prospect:created', str(marker), '1')]
+
+
+def test_prospects_of_another_watched_table_are_left_alone(odoo_db):
+    """A text-keyed prospect table watched in the same database never breaks a lead's commit."""
+    odoo_db.execute("CREATE TABLE other_prospects (id text PRIMARY KEY, org text, firstname text)")
+    odoo_db.execute("SELECT crm_realtime.watch('public.other_prospects', 'prospect', 'org', 'id', "
+                    "'{\"lastname\": null, \"email\": null, \"phone\": null, \"status\": null, \"source\": null, "
+                    "\"notes\": null, \"created_at\": null, \"updated_at\": null}')")
+    with odoo_db.connect(autocommit=False) as conn:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO other_prospects VALUES ('p-1', '1', 'Ada')")
+            cur.execute("UPDATE other_prospects SET firstname = 'Ada L.' WHERE id = 'p-1'")
+            lead = _orm_create(cur, stage_id=2)
+        conn.commit()
+    assert [(op, data['id'], data.get('status')) for op, _, data in _journal(odoo_db)] == [
+        ('created', 'p-1', None), ('updated', 'p-1', None), ('created', lead, 2)]

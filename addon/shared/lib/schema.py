@@ -208,6 +208,9 @@ BEGIN
                    pg_catalog.array_agg(j."id") AS ids
               FROM "crm_realtime"."journal" j
              WHERE j."txid" = v_txid AND j."kind" = 'prospect'
+               -- crm_lead's integer ids only: another watched prospect table's
+               -- (uuid, text) ids are left alone and can never break the commit
+               AND pg_catalog.jsonb_typeof(j."data" -> 'id') = 'number'
              GROUP BY 1) b
          WHERE b.first_op = 'created'
     ), decided AS (     -- keep the last creation, drop everything, or leave the lead alone
