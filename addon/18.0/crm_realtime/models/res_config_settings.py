@@ -30,7 +30,8 @@ class ResConfigSettings(models.TransientModel):
 
     def set_values(self):
         # sudo: the secret field is restricted to base.group_system; reading it
-        # here only validates what this same form is about to store.
+        # here only validates what this same form is about to store. validate()
+        # checks the values stripped, as super().set_values() stores Char values.
         for settings in self.sudo():
             try:
                 config.validate(
