@@ -1,1 +1,2 @@
-"""Tests of addon/crm_realtime that run without Odoo (see addon/crm_realtime/readme/ROADMAP.md)."""
+"""Tests of the Odoo addon (addon/<version>/crm_realtime) that run without Odoo
+(see addon/shared/readme/ROADMAP.md)."""

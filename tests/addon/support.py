@@ -1,8 +1,10 @@
 """Load the addon's ``lib`` without Odoo, and build an Odoo-shaped database.
 
-``addon/crm_realtime/__init__.py`` imports Odoo, so ``lib`` cannot be imported
-through its package here; it is loaded on its own as ``crm_realtime_lib``
-(its modules only use relative imports among themselves).
+The addon is one module folder per Odoo version (``addon/<version>/crm_realtime``),
+each a complete copy (``addon/sync.py``; ``test_packaging`` checks the copies).
+``crm_realtime/__init__.py`` imports Odoo, so ``lib`` cannot be imported through
+its package here; it is loaded on its own (its modules only use relative imports
+among themselves), by default from the 17.0 folder.
 """
 from __future__ import annotations
 
@@ -13,26 +15,33 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ADDON = ROOT / 'addon' / 'crm_realtime'
+VERSIONS = ('17.0', '18.0', '19.0')
+ADDON = ROOT / 'addon' / '17.0' / 'crm_realtime'
 
 
-def load_lib():
-    name = 'crm_realtime_lib'
+def module_dir(version: str) -> Path:
+    return ROOT / 'addon' / version / 'crm_realtime'
+
+
+def load_lib(module: Path = ADDON, name: str = 'crm_realtime_lib'):
+    """``<module>/lib`` imported as the package ``name``."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(
-            name, ADDON / 'lib' / '__init__.py', submodule_search_locations=[str(ADDON / 'lib')])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+            name, module / 'lib' / '__init__.py', submodule_search_locations=[str(module / 'lib')])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+        for sub in ('config', 'once', 'schema', 'tokens'):
+            importlib.import_module(f'{name}.{sub}')
     return sys.modules[name]
 
 
 load_lib()
-from crm_realtime_lib import config, schema, tokens  # noqa: E402
+from crm_realtime_lib import config, once, schema, tokens  # noqa: E402
 
-__all__ = ['ADDON', 'config', 'schema', 'tokens', 'ODOO_SCHEMA', 'create_odoo_schema', 'insert_lead']
+__all__ = ['ADDON', 'VERSIONS', 'module_dir', 'load_lib', 'config', 'once', 'schema', 'tokens', 'ODOO_SCHEMA', 'create_odoo_schema', 'insert_lead']
 
-#: The columns Odoo 17's ORM creates for the tables the addon touches (the
+#: The columns Odoo's ORM creates (17.0 to 19.0) for the tables the addon touches (the
 #: types are the ORM's: Char -> varchar, Html/Text -> text, Many2one -> int4,
 #: Datetime -> timestamp without time zone in UTC, Json -> jsonb), cut down to
 #: what the hooks and the tests need plus a few the capture must ignore.
@@ -59,6 +68,7 @@ CREATE TABLE crm_lead (
     name             varchar NOT NULL,
     company_id       int4 REFERENCES res_company ON DELETE SET NULL,
     user_id          int4 REFERENCES res_users ON DELETE SET NULL,
+    team_id          int4,
     stage_id         int4 REFERENCES crm_stage ON DELETE RESTRICT,
     source_id        int4 REFERENCES utm_source ON DELETE SET NULL,
     type             varchar NOT NULL DEFAULT 'lead',

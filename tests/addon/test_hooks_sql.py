@@ -1,11 +1,10 @@
 """The SQL the addon's install/uninstall hooks run, on an Odoo-shaped database."""
-import sys
+import ast
+import shutil
 
 import pytest
 
-from sidecar.sqlfiles import sql_text as packaged_sql_text
-
-from .support import create_odoo_schema, insert_lead, schema
+from .support import ROOT, VERSIONS, create_odoo_schema, insert_lead, load_lib, module_dir, schema
 
 TRIGGERS = """SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
               WHERE NOT t.tgisinternal ORDER BY 1, 2"""
@@ -50,13 +49,48 @@ def test_transaction_body_refuses_unexpected_shapes(text):
         schema.transaction_body(text, 'x.sql')
 
 
-def test_sql_comes_from_the_installed_package_else_the_checkout(monkeypatch, tmp_path):
-    assert schema.sql_text('install.sql') == packaged_sql_text('install.sql')
-    monkeypatch.setitem(sys.modules, 'sidecar.sqlfiles', None)     # "not importable"
-    assert schema.sql_text('uninstall.sql') == (schema.CHECKOUT_SQL_DIR / 'uninstall.sql').read_text()
-    monkeypatch.setattr(schema, 'CHECKOUT_SQL_DIR', tmp_path)
-    with pytest.raises(schema.SqlNotFound, match='install the crm-realtime package'):
-        schema.sql_text('install.sql')
+def test_sql_is_the_modules_own_copy_and_nothing_outside_it(tmp_path):
+    assert schema.SQL_DIR == module_dir('17.0') / 'data'
+    for name in schema.SHIPPED_SQL:
+        assert schema.sql_text(name) == (ROOT / 'sql' / name).read_text()
+    # nothing in lib/ reaches outside the module: no sidecar package, no parents[n]
+    for path in (module_dir('17.0') / 'lib').glob('*.py'):
+        tree = ast.parse(path.read_text())
+        imported = {n.module or '' for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(m.split('.')[0] == 'sidecar' for m in imported), path
+        assert 'parents[' not in path.read_text(), path
+
+
+def test_an_incomplete_module_copy_stops_with_a_sentence(tmp_path):
+    module = tmp_path / 'addons' / 'crm_realtime'
+    shutil.copytree(module_dir('18.0'), module)
+    (module / 'data' / 'uninstall.sql').unlink()
+    copied = load_lib(module, 'crm_realtime_lib_incomplete')
+    with pytest.raises(copied.schema.SqlNotFound, match='the module folder is incomplete'):
+        copied.schema.sql_text('uninstall.sql')
+
+
+@pytest.mark.parametrize('version', VERSIONS)
+def test_each_version_installs_and_uninstalls_from_a_bare_addons_path(version, tmp_path, empty_database):
+    """The module folder copied on its own (no repository around it) installs and uninstalls."""
+    module = tmp_path / 'addons' / 'crm_realtime'
+    shutil.copytree(module_dir(version), module)
+    copied = load_lib(module, f'crm_realtime_lib_copy_{version.replace(".", "_")}').schema
+    assert copied.SQL_DIR == module / 'data'
+    create_odoo_schema(empty_database)
+    with empty_database.connect(autocommit=False) as conn:
+        with conn.cursor() as cur:
+            copied.install(cur)
+        conn.commit()
+    lead = insert_lead(empty_database, 1)
+    assert empty_database.execute("SELECT op, data->>'id' FROM crm_realtime.journal") == [('created', str(lead))]
+    with empty_database.connect(autocommit=False) as conn:
+        with conn.cursor() as cur:
+            copied.uninstall(cur)
+        conn.commit()
+    assert not _schema_exists(empty_database)
+    assert empty_database.execute(TRIGGERS) == []
 
 
 def test_install_commits_or_rolls_back_with_the_callers_transaction(odoo_db):
@@ -73,6 +107,8 @@ def test_install_commits_or_rolls_back_with_the_callers_transaction(odoo_db):
     assert _schema_exists(odoo_db)
     assert odoo_db.execute(TRIGGERS) == [
         ('crm_lead', 'crm_realtime_capture'), ('crm_lead', 'crm_realtime_capture_update'),
+        ('crm_lead', 'crm_realtime_lead_company_set_at_commit'),
+        ('crm_lead', 'crm_realtime_lead_created_at_commit'),
         ('crm_realtime_notification', 'crm_realtime_capture')]
     watched = dict((str(rel), rest) for rel, *rest in odoo_db.execute(
         'SELECT relation::text, kind, org_column::text, user_column::text, fields '

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import SECRET
 
-from .support import config, tokens
+from .support import config, once, tokens
 
 pytestmark = pytest.mark.usefixtures('io_loop')
 
@@ -53,9 +53,36 @@ def test_bad_or_missing_settings_are_named(values, message):
 
 def test_settings_form_accepts_empty_and_refuses_malformed():
     config.validate('', '', 0)       # not configured yet: allowed
+    config.validate(False, False, False)
     config.validate(URL, SECRET, 300)
     with pytest.raises(config.ConfigError, match='too short'):
         config.validate(URL, 'x' * 31, 300)
+
+
+def test_settings_check_the_secret_as_odoo_will_store_it():
+    """Odoo strips Char settings before storing them: 30 characters padded to 34 are 30."""
+    padded = '  ' + 's' * 30 + '  '
+    assert len(padded) >= config.MIN_SECRET_BYTES
+    assert config.stored_char(padded) == 's' * 30
+    with pytest.raises(config.ConfigError, match='too short'):
+        config.validate(URL, padded, 300)
+    with pytest.raises(config.ConfigError, match="is not an http"):
+        config.validate('  rt.example.com ', SECRET, 300)
+    config.validate('  ' + URL + ' ', ' ' + SECRET + ' ', 300)      # long enough once stripped
+    # what the token route then reads back is what was validated
+    stored = config.read_config(params(**{config.PARAM_JWT_SECRET: config.stored_char(' ' + SECRET + ' ')}))
+    assert stored.jwt_secret == SECRET
+
+
+def test_a_problem_is_reported_once_per_database_until_fixed():
+    seen = once.Once()
+    assert seen.first('db1', 'not set') is True
+    assert seen.first('db1', 'not set') is False
+    assert seen.first('db2', 'not set') is True           # another database hears it too
+    assert seen.first('db1', 'too short') is True          # a different problem is news
+    seen.rearm('db1')                                      # configured: next problem is news again
+    assert seen.first('db1', 'not set') is True
+    assert seen.first('db2', 'not set') is False
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -63,11 +63,11 @@ class TokenRoute:
 
 
 class Driver:
-    def __init__(self, tmp_path, token_url):
+    def __init__(self, tmp_path, token_url, **extra_env):
         module = tmp_path / 'realtime_connection.mjs'
         shutil.copy(ADDON / 'static' / 'src' / 'js' / 'realtime_connection.js', module)
         env = dict(os.environ, CONNECTION_MODULE=str(module), SOCKET_IO_CLIENT_DIR=str(NODE_DIR),
-                   TOKEN_URL=token_url)
+                   TOKEN_URL=token_url, **{k: str(v) for k, v in extra_env.items()})
         self.proc = subprocess.Popen(['node', DRIVER], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines = queue.Queue()
@@ -113,9 +113,9 @@ class Driver:
 def run(tmp_path):
     made = []
 
-    def factory(sidecar_url, lifetime=300, answers=None):
+    def factory(sidecar_url, lifetime=300, answers=None, **env):
         route = TokenRoute(sidecar_url, lifetime, answers)
-        driver = Driver(tmp_path, route.url)
+        driver = Driver(tmp_path, route.url, **env)
         made.append((route, driver))
         return route, driver
 
@@ -168,3 +168,29 @@ def test_disabled_route_leaves_the_client_offline(odoo_db, sidecar_process, run)
     assert started['started'] is False
     time.sleep(0.5)
     assert route.calls == 1 and driver.of_type('connect') == []
+
+
+def test_a_failed_client_script_load_is_retried_under_a_url_of_its_own(odoo_db, sidecar_process, run):
+    """Odoo's loadJS keeps a URL's rejected promise: each retry asks the sidecar for its own URL."""
+    sc = sidecar_process(odoo_db)
+    route, driver = run(sc.url, LOAD_FAILURES=2)
+    driver.wait_for(lambda m: m['type'] == 'connect')
+    loads = driver.of_type('load')
+    assert [(m['attempt'], m['status']) for m in loads] == [(0, 'refused'), (1, 'refused'), (2, 200)]
+    assert loads[2]['url'] == sc.url + '/client/socket.io.min.js?retry=2'
+    warnings = [m['message'] for m in driver.of_type('log')]
+    assert len(warnings) == 2 and all("cannot load the sidecar's client script" in w for w in warnings)
+    assert route.calls == 1          # one token, fetched before the first load, was enough
+    insert_lead(odoo_db, 1, contact_name='After the script came back')
+    driver.wait_for(lambda m: m['type'] == 'event' and m['payload']['lastname'] == 'After the script came back')
+
+
+def test_no_token_is_minted_while_there_is_no_socket(odoo_db, sidecar_process, run):
+    """The client script never loads: the page keeps retrying it but mints no further token."""
+    sc = sidecar_process(odoo_db)
+    route, driver = run(sc.url, lifetime=2, LOAD_FAILURES=10 ** 6, MAX_RETRY_DELAY=300)
+    time.sleep(4.5)                  # more than two token lifetimes
+    driver.wait_for(lambda m: m['type'] == 'load' and m['attempt'] >= 5)
+    assert route.calls == 1
+    assert driver.of_type('connect') == [] and driver.of_type('started') == []
+    assert not [m for m in driver.of_type('log') if 'start failed' in m['message']]

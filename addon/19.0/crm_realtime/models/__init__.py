@@ -1,0 +1,2 @@
+from . import crm_realtime_notification
+from . import res_config_settings
