@@ -138,7 +138,7 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_secret():
             if '__pycache__' not in rel and not rel.endswith('.pyc'):
                 assert not docker_ignored(rel, patterns), rel
     for secret_or_junk in ('.git/config', 'deploy/sidecar.env', '.env', 'tests/conftest.py',
-                           'addon/crm_realtime/__manifest__.py', 'sidecar/__pycache__/app.cpython-312.pyc',
+                           'addon/17.0/crm_realtime/__manifest__.py', 'sidecar/__pycache__/app.cpython-312.pyc',
                            'tests/js/node_modules/ws/index.js'):
         assert docker_ignored(secret_or_junk, patterns), secret_or_junk
 
