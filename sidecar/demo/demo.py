@@ -5,17 +5,22 @@ reference CRM tables are created in it), otherwise starts an embedded
 PostgreSQL (the ``pgserver`` package). Then loads the reference CRM schema and a
 few rows, installs ``sql/install.sql``, serves, and prints tokens.
 
-It also serves the demo page (``sidecar/demo_web.py``, ``/demo/?user=1|2|3``)
+It also serves the demo page (``sidecar/demo/demo_web.py``, ``/demo/?user=1|2|3``)
 and gives organization 1 a Calendly connection with a generated signing key,
 so the page can send signed bookings to the real webhook route. That
 connection belongs to no Calendly account: unless SIDECAR_CALENDLY_API_URL is
 set, polls go to a stand-in served by the demo itself (an account without events).
+
+The embedded PostgreSQL lives in a temporary directory removed when the demo
+stops, unless ``--data-dir`` names one to keep (and reuse on the next run).
+Settings come from ``settings.py`` like ``serve``'s; the demo only fills in
+the secrets a newcomer has not set (a throw-away JWT secret and Calendly key).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
 import secrets
 import tempfile
 import time
@@ -23,9 +28,10 @@ import time
 import jwt
 import psycopg
 
+from ..runner import check_port, configure_logging, run_sidecar
+from ..settings import SETTINGS, ConfigError, load_settings
+from ..sqlfiles import sql_text
 from . import demo_calendly, demo_web
-from .settings import load_settings
-from .sqlfiles import sql_text
 
 log = logging.getLogger('crm_realtime.demo')
 
@@ -40,9 +46,12 @@ PROSPECTS = [
 
 
 def start_embedded(data_dir=None):
+    """An embedded PostgreSQL: in ``data_dir`` (kept), else in a temporary directory (removed at stop)."""
     import pgserver
-    data_dir = data_dir or tempfile.mkdtemp(prefix='crm-realtime-demo-')
-    server = pgserver.get_server(data_dir, cleanup_mode='stop')
+    if data_dir is None:
+        server = pgserver.get_server(tempfile.mkdtemp(prefix='crm-realtime-demo-'), cleanup_mode='delete')
+    else:
+        server = pgserver.get_server(data_dir, cleanup_mode='stop')
     return server, server.get_uri()
 
 
@@ -77,28 +86,43 @@ def demo_tokens(secret: str, lifetime: int = 12 * 3600):
             for uid, org, email in USERS]
 
 
-def run_demo(args) -> int:
-    from .cli import _configure_logging, run_sidecar
+def demo_settings(environ=None):
+    """The demo's settings: the environment's, with throw-away secrets where none is set."""
+    settings = load_settings(environ, require_database=False, fill={
+        # the demo mints its own tokens, and its Calendly connection is its own
+        'jwt_secret': secrets.token_urlsafe(48),
+        'calendly_encryption_key': secrets.token_urlsafe(32)})
+    if not all(a.startswith('HS') for a in settings.jwt_algorithms):
+        raise ConfigError(f'SIDECAR_JWT_ALGORITHMS={",".join(settings.jwt_algorithms)} cannot be used by the '
+                          'demo, which signs its own HS256 tokens (unset it for the demo).')
+    return settings
 
-    env = dict(os.environ)
+
+def run_demo(args) -> int:
+    settings = demo_settings()
+    # before PostgreSQL starts or any data is loaded (a port 0 is chosen here)
+    check_port(settings.host, settings.port)
+    if settings.calendly_api_url == next(s.default for s in SETTINGS if s.name == 'calendly_api_url'):
+        settings = demo_calendly.with_calendly_stand_in(settings)
     server = None
-    overrides = {}
-    if not env.get('SIDECAR_DATABASE_URL') and not env.get('SIDECAR_DATABASE_URL_FILE'):
+    embedded = settings.database_url is None
+    if embedded:
         print('No SIDECAR_DATABASE_URL: starting an embedded PostgreSQL (pgserver)...', flush=True)
         server, url = start_embedded(args.data_dir)
-        overrides['database_url'] = url
-    if not env.get('SIDECAR_JWT_SECRET') and not env.get('SIDECAR_JWT_SECRET_FILE'):
-        # a throw-away secret: the demo mints its own tokens
-        overrides['jwt_secret'] = secrets.token_urlsafe(48)
-        overrides['jwt_algorithms'] = 'HS256'
-    if not env.get('SIDECAR_CALENDLY_ENCRYPTION_KEY') and not env.get('SIDECAR_CALENDLY_ENCRYPTION_KEY_FILE'):
-        overrides['calendly_encryption_key'] = secrets.token_urlsafe(32)
-    settings = load_settings(env, **overrides)
-    if not env.get('SIDECAR_CALENDLY_API_URL'):
-        settings = demo_calendly.with_calendly_stand_in(settings)
-    _configure_logging(settings.log_level)
+        settings = dataclasses.replace(settings, database_url=url)
+    try:
+        return _run(args, settings, embedded)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def _run(args, settings, embedded: bool) -> int:
+    configure_logging(settings.log_level)
     prepare_database(settings.database_url)
     tokens = demo_tokens(settings.jwt_secret)
+    # the user's own URL may hold a password: name the variable instead
+    psql = f"psql '{settings.database_url}'" if embedded else 'psql "$SIDECAR_DATABASE_URL"'
 
     def announce(port, page=False):
         base = f'http://{settings.host}:{port}'
@@ -110,24 +134,23 @@ def run_demo(args) -> int:
             print('Demo page, one tab per user:', flush=True)
             for uid, org, email in USERS:
                 print(f'  {base}/demo/?user={uid}   ({email}, organization {org})', flush=True)
+        print('The demo database (write to it and watch the events):', flush=True)
+        print(f'  {psql}', flush=True)
+        print("  e.g. INSERT INTO prospects (organization_id, firstname) VALUES (1, 'Zoé');", flush=True)
         print('Ctrl-C stops it.', flush=True)
 
-    try:
-        if args.no_serve:
-            announce(settings.port)
-            return 0
-        links = asyncio.run(demo_calendly.create_calendly_links(settings, [1]))
-        names = dict(ORGANIZATIONS)
-        users = [demo_web.DemoUser(uid, org, names[org], email) for uid, org, email in USERS]
+    if args.no_serve:
+        announce(settings.port)
+        return 0
+    links = asyncio.run(demo_calendly.create_calendly_links(settings, [1]))
+    names = dict(ORGANIZATIONS)
+    users = [demo_web.DemoUser(uid, org, names[org], email) for uid, org, email in USERS]
 
-        def on_ready(sidecar):
-            demo_web.mount(demo_web.Demo(
-                sidecar, users, lambda u, ttl: demo_token(settings.jwt_secret, u.id, u.organization_id,
-                                                          u.email, ttl), links))
-            announce(sidecar.port, page=True)
+    def on_ready(sidecar):
+        demo_web.mount(demo_web.Demo(
+            sidecar, users, lambda u, ttl: demo_token(settings.jwt_secret, u.id, u.organization_id,
+                                                      u.email, ttl), links))
+        announce(sidecar.port, page=True)
 
-        asyncio.run(run_sidecar(settings, on_ready=on_ready))
-    finally:
-        if server is not None:
-            server.cleanup()
+    asyncio.run(run_sidecar(settings, on_ready=on_ready))
     return 0

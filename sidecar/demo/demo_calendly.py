@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, Optional
 
-from .calendly.component import Calendly
+from ..calendly.component import Calendly
 
 CALENDLY_API = 'https://api.calendly.com'
 CALENDLY_STAND_IN = '/demo/calendly-api'
