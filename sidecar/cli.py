@@ -31,19 +31,10 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
-def database_error_text(exc: BaseException) -> str:
-    """A psycopg error as one sentence: PostgreSQL's primary message, or libpq's text on one line."""
-    diag = getattr(exc, 'diag', None)
-    primary = getattr(diag, 'message_primary', None) if diag is not None else None
-    text = primary or ' '.join(str(exc).split())
-    for prefix in ('FATAL: ', 'ERROR: '):
-        text = text.replace(prefix, '')
-    return text.rstrip('.')
-
-
 def _apply(name: str) -> int:
     import psycopg
 
+    from .runner import database_error_text
     from .sqlfiles import apply
     settings = load_settings(require_auth=False)
     try:

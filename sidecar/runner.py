@@ -62,6 +62,17 @@ def check_port(host: str, port: int) -> None:
         s.close()
 
 
+def database_error_text(exc: BaseException) -> str:
+    """A psycopg error as one sentence without its final period: PostgreSQL's
+    primary message, or libpq's text on one line (no SQL, no bound values)."""
+    diag = getattr(exc, 'diag', None)
+    primary = getattr(diag, 'message_primary', None) if diag is not None else None
+    text = primary or ' '.join(str(exc).split()) or exc.__class__.__name__
+    for prefix in ('FATAL: ', 'ERROR: '):
+        text = text.replace(prefix, '')
+    return text.rstrip('.')
+
+
 def tune_gc() -> None:
     """Move start-up objects out of the collector's way.
 

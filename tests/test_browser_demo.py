@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import ROOT, SidecarProcess, sidecar_env
-from sidecar.demo_web import find_socketio_client
+from sidecar.demo.demo_web import find_socketio_client
 
 pytestmark = pytest.mark.browser
 

@@ -102,6 +102,7 @@ async def create_calendly_links(settings, organization_ids: Iterable[int]) -> li
     calendly = Calendly(settings)
     links = []
     try:
+        await calendly.open()
         for org in organization_ids:
             subject = f'{CALENDLY_API}/organizations/{uuid.uuid5(uuid.NAMESPACE_URL, f"crm-realtime-demo/{org}")}'
             token = 'demo-' + secrets.token_urlsafe(24)
