@@ -22,8 +22,11 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import shutil
+import sys
 import tempfile
 import time
+import warnings
 
 import jwt
 import psycopg
@@ -47,11 +50,20 @@ PROSPECTS = [
 
 def start_embedded(data_dir=None):
     """An embedded PostgreSQL: in ``data_dir`` (kept), else in a temporary directory (removed at stop)."""
-    import pgserver
+    logging.getLogger('pgserver').setLevel(logging.WARNING)   # its INFO lines echo every pg_ctl run
+    scratch = None
     if data_dir is None:
-        server = pgserver.get_server(tempfile.mkdtemp(prefix='crm-realtime-demo-'), cleanup_mode='delete')
-    else:
-        server = pgserver.get_server(data_dir, cleanup_mode='stop')
+        scratch = data_dir = tempfile.mkdtemp(prefix='crm-realtime-demo-')
+    try:
+        with warnings.catch_warnings():
+            # platformdirs' note about a runtime directory pgserver does not use
+            warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
+            import pgserver
+            server = pgserver.get_server(data_dir, cleanup_mode='delete' if scratch else 'stop')
+    except Exception:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     return server, server.get_uri()
 
 
@@ -108,16 +120,22 @@ def run_demo(args) -> int:
     embedded = settings.database_url is None
     if embedded:
         print('No SIDECAR_DATABASE_URL: starting an embedded PostgreSQL (pgserver)...', flush=True)
-        server, url = start_embedded(args.data_dir)
+        try:
+            server, url = start_embedded(args.data_dir)
+        except Exception as exc:  # noqa: BLE001 - pgserver reports its own failures as anything
+            print(f'crm-realtime: the embedded PostgreSQL did not start ({exc.__class__.__name__}: '
+                  f'{" ".join(str(exc).split())[:200]}); set SIDECAR_DATABASE_URL to use a server of your own.',
+                  file=sys.stderr)
+            return 1
         settings = dataclasses.replace(settings, database_url=url)
     try:
-        return _run(args, settings, embedded)
+        return _run(args, settings, embedded, temporary=embedded and args.data_dir is None)
     finally:
         if server is not None:
             server.cleanup()
 
 
-def _run(args, settings, embedded: bool) -> int:
+def _run(args, settings, embedded: bool, temporary: bool) -> int:
     configure_logging(settings.log_level)
     prepare_database(settings.database_url)
     tokens = demo_tokens(settings.jwt_secret)
@@ -126,7 +144,10 @@ def _run(args, settings, embedded: bool) -> int:
 
     def announce(port, page=False):
         base = f'http://{settings.host}:{port}'
-        print(f'\ncrm-realtime demo is serving Socket.IO on {base}/socket.io/', flush=True)
+        if page:
+            print(f'\ncrm-realtime demo is serving Socket.IO on {base}/socket.io/', flush=True)
+        else:
+            print('\ncrm-realtime demo: the database is ready. Tokens:', flush=True)
         for t in tokens:
             print(f"  user {t['user_id']} ({t['email']}, organization {t['organization_id']}):\n"
                   f"    {t['token']}", flush=True)
@@ -134,10 +155,15 @@ def _run(args, settings, embedded: bool) -> int:
             print('Demo page, one tab per user:', flush=True)
             for uid, org, email in USERS:
                 print(f'  {base}/demo/?user={uid}   ({email}, organization {org})', flush=True)
-        print('The demo database (write to it and watch the events):', flush=True)
-        print(f'  {psql}', flush=True)
-        print("  e.g. INSERT INTO prospects (organization_id, firstname) VALUES (1, 'Zoé');", flush=True)
-        print('Ctrl-C stops it.', flush=True)
+        if page or not temporary:
+            print('The demo database (write to it and watch the events):', flush=True)
+            print(f'  {psql}', flush=True)
+            print("  e.g. INSERT INTO prospects (organization_id, firstname) VALUES (1, 'Zoé');", flush=True)
+        if temporary:
+            print('The embedded database is deleted when the demo stops (--data-dir DIR keeps it).',
+                  flush=True)
+        if page:
+            print('Ctrl-C stops it.', flush=True)
 
     if args.no_serve:
         announce(settings.port)
