@@ -251,9 +251,13 @@ def installed_without_checkout(tmp_path_factory):
     if shutil.which('npm') is None:
         pytest.skip('npm is not installed')
     root = tmp_path_factory.mktemp('installed')
+    # a clean copy of the sources: setuptools would reuse a checkout's stale build/ directory
+    source = root / 'source'
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        '.git', '.venv', 'build', 'node_modules', 'test-output', '*.egg-info', '__pycache__'))
     wheels = root / 'wheels'
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q',
-                    '-w', str(wheels), str(ROOT)], check=True, capture_output=True, timeout=180)
+                    '-w', str(wheels), str(source)], check=True, capture_output=True, timeout=180)
     (wheel,) = wheels.glob('crm_realtime-*.whl')
     venv = root / 'venv'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, timeout=60)
@@ -286,16 +290,18 @@ def test_client_bundle_install_makes_an_installed_sidecar_serve_the_official_cli
 
     def serve_and_get():
         port = free_port()
-        proc = subprocess.Popen([str(python), '-m', 'sidecar', 'serve'], env=dict(env, SIDECAR_PORT=str(port)),
-                                cwd=str(cwd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log_path = cwd / f'serve-{port}.log'
+        with open(log_path, 'wb') as log:
+            proc = subprocess.Popen([str(python), '-m', 'sidecar', 'serve'], env=dict(env, SIDECAR_PORT=str(port)),
+                                    cwd=str(cwd), stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 20
-            while time.time() < deadline:
+            while time.time() < deadline and proc.poll() is None:
                 try:
                     return _get(f'http://127.0.0.1:{port}/client/socket.io.min.js')
                 except OSError:
                     time.sleep(0.1)
-            raise AssertionError('the installed sidecar did not answer')
+            raise AssertionError(f'the installed sidecar did not answer:\n{log_path.read_text()}')
         finally:
             proc.terminate()
             proc.wait(10)
