@@ -419,9 +419,11 @@ async def test_database_down_is_503_with_retry_after(database, fake_calendly, ma
         try:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                           (database.name,))
+            started = time.monotonic()
             (response,) = await fake_calendly.deliver('invitee.created', invitee)
             assert response.code == 503 and response.headers['Retry-After'] == '60'
             assert json.loads(response.body) == {'error': 'temporarily unavailable'}
+            assert time.monotonic() - started < 10       # within Calendly's 15 s read timeout
         finally:
             admin.execute(f'ALTER DATABASE "{database.name}" ALLOW_CONNECTIONS true')
     # Calendly's redelivery, once the database is back (a pooled session that died

@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from . import booking as bk
-from .store import BOOKING_TABLE
+from .store import ACQUIRE_TIMEOUT, BOOKING_TABLE
 
 log = logging.getLogger('crm_realtime.calendly.crm')
 
@@ -112,7 +112,7 @@ class CrmWriter:
             try:
                 if conn is not None:
                     return await self._in_transaction(conn, str(organization_id), booking, via, connection_id)
-                async with self.pool.connection() as pooled:
+                async with self.pool.connection(timeout=ACQUIRE_TIMEOUT) as pooled:
                     return await self._in_transaction(pooled, str(organization_id), booking, via,
                                                       connection_id)
             except _RETRIED as exc:

@@ -57,6 +57,11 @@ _RETURNING = sql.SQL(' RETURNING {}').format(
                        for c in CONNECTION_COLUMNS))
 
 
+#: how long a statement waits for a pooled connection: with the database down, a
+#: webhook must still be answered (503) well within Calendly's 15 s read timeout
+ACQUIRE_TIMEOUT = 5.0
+
+
 def make_pool(database_url: str, application_name: str = 'crm-realtime calendly',
               max_size: int = 2) -> AsyncConnectionPool:
     """The pool of a process that runs Calendly without a sidecar (the CLI, the demo's set-up)."""
@@ -165,7 +170,7 @@ class Store:
         if conn is not None:
             yield conn
         else:
-            async with self.pool.connection() as pooled:
+            async with self.pool.connection(timeout=ACQUIRE_TIMEOUT) as pooled:
                 yield pooled
 
     async def _rows(self, query, params=(), conn=None) -> List[Dict]:
@@ -301,7 +306,7 @@ class Store:
         is closed rather than returned holding the lock.
         """
         key = 'crm_realtime.calendly.poll:' + connection_id
-        async with self.pool.connection() as conn:
+        async with self.pool.connection(timeout=ACQUIRE_TIMEOUT) as conn:
             cur = await conn.execute(
                 'SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended(%s, 0))', (key,))
             if not (await cur.fetchone())[0]:
