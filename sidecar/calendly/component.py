@@ -6,7 +6,7 @@ client, poller) on a small pool of its own and is what the CLI uses;
 (grown by the poll's concurrency at start, since each running poll holds a
 connection) and adds the webhook route, the scheduled poll and the metrics.
 
-Calendly is optional. At start-up, and before each scheduled poll, the
+Calendly is optional. At start-up, and after each scheduled poll, the
 component checks what the database role can see: without read access to
 ``crm_realtime.calendly_connection`` (a role with only the realtime grants of
 ``sql/README.md``), or with no connection yet, Calendly is off - one INFO
@@ -190,17 +190,24 @@ class CalendlyComponent(Calendly):
         return state
 
     async def poll_all(self) -> None:
-        """The scheduled job: never raises (a failing run is logged and retried next interval)."""
+        """The scheduled job: never raises (a failing run is logged and retried next interval).
+
+        A run that fails because Calendly is not set up for this role (its table
+        unreadable or missing) stays quiet: check_state() said so once, at INFO.
+        """
         try:
-            if await self.check_state() != 'on':
-                return
-            results = await self.poller.poll_all()
+            try:
+                results = await self.poller.poll_all()
+            except Exception:  # noqa: BLE001 - sorted out just below
+                if await self.check_state() == 'off':
+                    return
+                raise
         except asyncio.CancelledError:
             # shutdown: each booking is its own transaction and the watermark
             # moves only after a complete poll, so the next start redoes this one
             log.info('calendly poll run interrupted by shutdown; it resumes from the saved watermark')
             return
-        except Exception as exc:  # noqa: BLE001 - e.g. database down, tables not installed
+        except Exception as exc:  # noqa: BLE001 - e.g. database down
             log.error('calendly poll run failed (%s); next run in %s s', log_text(exc),
                       self.settings.calendly_poll_seconds)
             log.debug('calendly poll run failure', exc_info=exc)
@@ -208,6 +215,10 @@ class CalendlyComponent(Calendly):
             return
         for r in results:
             self.polls_counter.labels('skipped' if r.locked_out else 'failed' if r.error else 'ok').inc()
+        try:
+            await self.check_state()       # "on (N connections)" or "off (no connection yet)" when it changes
+        except asyncio.CancelledError:
+            return
         await self.refresh_gauge()
 
     async def refresh_gauge(self) -> None:
