@@ -49,7 +49,7 @@ def _apply(name: str) -> int:
 def cmd_client_bundle(args) -> int:
     from . import client_bundle
     if args.bundle_command == 'install':
-        return client_bundle.install(version=args.version)
+        return client_bundle.install(version=args.range)
     return client_bundle.status()
 
 
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bundle.add_subparsers(dest='bundle_command', required=True)
     binst = bsub.add_parser('install', help='install it with npm into this installation\'s data directory')
     from .client_bundle import CLIENT_VERSION
-    binst.add_argument('--version', default=CLIENT_VERSION,
+    binst.add_argument('--range', default=CLIENT_VERSION, metavar='NPM_RANGE',
                        help=f'npm version range of socket.io-client (default {CLIENT_VERSION})')
     bsub.add_parser('status', help='say where it is served from, or that it is missing')
     bundle.set_defaults(func=cmd_client_bundle)

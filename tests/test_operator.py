@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import ROOT, SECRET, SidecarProcess, _url, _with_db, free_port, sidecar_env
+from conftest import ROOT, SidecarProcess, _url, _with_db, free_port, sidecar_env
 from sidecar import __version__
 
 PLACEHOLDER = 'change-me-to-the-crm-signing-secret-at-least-32-bytes'

@@ -60,7 +60,7 @@ def start_embedded(data_dir=None):
             warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
             import pgserver
             server = pgserver.get_server(data_dir, cleanup_mode='delete' if scratch else 'stop')
-    except Exception:
+    except BaseException:      # Ctrl-C during start-up too: leave nothing behind
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
         raise
