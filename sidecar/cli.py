@@ -1,99 +1,86 @@
-"""``crm-realtime`` console command.
-
-    crm-realtime serve              run the sidecar (settings from SIDECAR_* variables)
-    crm-realtime demo               embedded PostgreSQL + reference CRM + sidecar + demo tokens
-    crm-realtime install-sql        apply sql/install.sql to SIDECAR_DATABASE_URL
-    crm-realtime uninstall-sql      apply sql/uninstall.sql to SIDECAR_DATABASE_URL
-    crm-realtime calendly ...       manage Calendly connections (see README)
-"""
+"""The crm-realtime console command (see ``crm-realtime --help``)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
-import logging
-import signal
 import sys
 
+from . import __version__
 from .settings import ConfigError, load_settings
 
-log = logging.getLogger('crm_realtime')
+DESCRIPTION = """\
+Realtime Socket.IO sidecar for a CRM's PostgreSQL tables.
 
+  crm-realtime serve                    run the sidecar (settings from SIDECAR_* variables)
+  crm-realtime demo                     embedded PostgreSQL + reference CRM + sidecar + demo page
+  crm-realtime install-sql              apply sql/install.sql to SIDECAR_DATABASE_URL
+  crm-realtime uninstall-sql            apply sql/uninstall.sql to SIDECAR_DATABASE_URL
+  crm-realtime client-bundle install    fetch the official socket.io-client the sidecar serves
+  crm-realtime calendly ...             manage Calendly connections (see the README)
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level),
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-
-
-def tune_gc() -> None:
-    """Move start-up objects out of the collector's way.
-
-    A sidecar allocates many short-lived objects per event and keeps few; the
-    default thresholds make gen-0 collections run constantly and gen-2 ones
-    rescan every long-lived module object. Freezing what start-up built and
-    raising the gen-0 threshold cuts that work without unbounded growth.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-async def run_sidecar(settings, *, on_ready=None) -> None:
-    from .app import Sidecar
-    sidecar = Sidecar(settings)
-    await sidecar.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
-    if on_ready is not None:
-        on_ready(sidecar)
-    tune_gc()
-    try:
-        await stop.wait()
-    finally:
-        log.info('shutting down')
-        await sidecar.stop()
+Exit status: 0 done, 1 the database (or npm, or Calendly) refused, 2 configuration error.
+"""
 
 
 def cmd_serve(args) -> int:
-    settings = load_settings()
-    _configure_logging(settings.log_level)
-    asyncio.run(run_sidecar(settings))
-    return 0
+    from .runner import serve
+    return serve(load_settings())
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo.demo import run_demo
     return run_demo(args)
 
 
 def _apply(name: str) -> int:
+    import psycopg
+
+    from .runner import database_error_text
     from .sqlfiles import apply
-    settings = load_settings()
-    apply(settings.database_url, name)
+    settings = load_settings(require_auth=False)
+    try:
+        apply(settings.database_url, name)
+    except psycopg.Error as exc:
+        print(f'crm-realtime: {name} was not applied: {database_error_text(exc)}.', file=sys.stderr)
+        return 1
     print(f'applied {name}')
     return 0
 
 
+def cmd_client_bundle(args) -> int:
+    from . import client_bundle
+    if args.bundle_command == 'install':
+        return client_bundle.install(version=args.range)
+    return client_bundle.status()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='crm-realtime', description=__doc__,
+    parser = argparse.ArgumentParser(prog='crm-realtime', description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action='version', version=f'crm-realtime {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('serve', help='run the sidecar').set_defaults(func=cmd_serve)
     demo = sub.add_parser('demo', help='run a self-contained demo')
     demo.add_argument('--data-dir', default=None,
-                      help='where the embedded PostgreSQL keeps its files (default: a temporary directory)')
+                      help='where the embedded PostgreSQL keeps its files, kept between runs '
+                           '(default: a temporary directory, removed when the demo stops)')
     demo.add_argument('--no-serve', action='store_true',
                       help='prepare the database and print tokens, then exit')
     demo.set_defaults(func=cmd_demo)
-    sub.add_parser('install-sql', help='apply sql/install.sql').set_defaults(
+    sub.add_parser('install-sql', help='apply sql/install.sql (needs only SIDECAR_DATABASE_URL)').set_defaults(
         func=lambda a: _apply('install.sql'))
-    sub.add_parser('uninstall-sql', help='apply sql/uninstall.sql').set_defaults(
+    sub.add_parser('uninstall-sql', help='apply sql/uninstall.sql (needs only SIDECAR_DATABASE_URL)').set_defaults(
         func=lambda a: _apply('uninstall.sql'))
+    bundle = sub.add_parser('client-bundle', help='the socket.io-client browser build served at /client/',
+                            description='The official socket.io-client browser build that the sidecar '
+                                        'serves at /client/socket.io.min.js (the Odoo addon and the demo '
+                                        'page load it from there).')
+    bsub = bundle.add_subparsers(dest='bundle_command', required=True)
+    binst = bsub.add_parser('install', help='install it with npm into this installation\'s data directory')
+    from .client_bundle import CLIENT_VERSION
+    binst.add_argument('--range', default=CLIENT_VERSION, metavar='NPM_RANGE',
+                       help=f'npm version range of socket.io-client (default {CLIENT_VERSION})')
+    bsub.add_parser('status', help='say where it is served from, or that it is missing')
+    bundle.set_defaults(func=cmd_client_bundle)
     from .calendly.cli import add_parser as add_calendly
     add_calendly(sub)
     return parser
@@ -104,7 +91,9 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f'crm-realtime: configuration error: {exc}', file=sys.stderr)
+        from .runner import PortInUse
+        prefix = '' if isinstance(exc, PortInUse) else 'configuration error: '
+        print(f'crm-realtime: {prefix}{exc}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -207,12 +207,16 @@ def _raw(setting: Setting, environ: Mapping[str, str]) -> Optional[str]:
 
 
 def load_settings(environ: Optional[Mapping[str, str]] = None, *,
-                  require_database: bool = True, **overrides) -> 'Settings':
+                  require_database: bool = True, require_auth: bool = True,
+                  fill: Optional[Mapping[str, str]] = None, **overrides) -> 'Settings':
     """Build the settings from ``environ`` (default ``os.environ``).
 
-    ``overrides`` (attribute name -> raw string) win over the environment; the
-    demo uses them to point at its embedded database.
+    ``overrides`` (attribute name -> raw string) win over the environment;
+    ``fill`` (same form) gives values to settings the environment leaves unset
+    (the demo's throw-away secrets). ``require_auth=False`` skips the JWT
+    checks, for commands that never verify a token (``install-sql``).
     """
+    fill = fill or {}
     environ = os.environ if environ is None else environ
     known = {s.env for s in SETTINGS} | {s.env + '_FILE' for s in SETTINGS if s.file_variant}
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
@@ -221,6 +225,8 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, *,
     values = {}
     for s in SETTINGS:
         raw = overrides.get(s.name, _raw(s, environ))
+        if (raw is None or raw == '') and s.name in fill:
+            raw = fill[s.name]
         if raw is None or raw == '':
             if s.default is None:
                 values[s.name] = None
@@ -228,13 +234,24 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, *,
             raw = s.default
         values[s.name] = s.parse(s.env, raw) if raw != '' else raw
     settings = Settings(**values)
-    _check_consistency(settings, require_database)
+    _check_consistency(settings, require_database, require_auth)
     return settings
 
 
-def _check_consistency(s, require_database: bool) -> None:
+def is_placeholder(value: str) -> bool:
+    """A value copied from an example file unchanged ("change-me...", "changeme", "change me")."""
+    squashed = ''.join(c for c in value.lower() if c.isalnum())
+    return 'changeme' in squashed
+
+
+def _check_consistency(s, require_database: bool, require_auth: bool) -> None:
     if require_database and not s.database_url:
         raise ConfigError('SIDECAR_DATABASE_URL is not set (expected postgresql://user@host:port/dbname).')
+    if s.calendly_encryption_key and is_placeholder(s.calendly_encryption_key):
+        raise ConfigError('SIDECAR_CALENDLY_ENCRYPTION_KEY is still the example\'s "change me" placeholder '
+                          '(expected at least 32 characters of random key material).')
+    if not require_auth:
+        return
     hmac_algs = [a for a in s.jwt_algorithms if a.startswith('HS')]
     key_algs = [a for a in s.jwt_algorithms if not a.startswith('HS')]
     if hmac_algs and key_algs:
@@ -242,6 +259,9 @@ def _check_consistency(s, require_database: bool) -> None:
                           f'({", ".join(s.jwt_algorithms)}); that invites key-confusion attacks, choose one family.')
     if hmac_algs and not s.jwt_secret:
         raise ConfigError('SIDECAR_JWT_SECRET is not set (expected the secret the CRM signs its HS* tokens with).')
+    if hmac_algs and is_placeholder(s.jwt_secret):
+        raise ConfigError('SIDECAR_JWT_SECRET is still the example\'s "change me" placeholder (expected the '
+                          'secret the CRM signs its HS* tokens with).')
     if hmac_algs and len(s.jwt_secret.encode()) < 32:
         raise ConfigError('SIDECAR_JWT_SECRET is too short (expected at least 32 bytes for HS* signing).')
     if key_algs and not s.jwt_public_key:

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import ROOT, SidecarProcess, sidecar_env
-from sidecar.demo_web import find_socketio_client
+from sidecar.demo.demo_web import find_socketio_client
 
 pytestmark = pytest.mark.browser
 
@@ -103,9 +103,9 @@ def open_page(browser, demo):
     from playwright.sync_api import expect
     pages = []
 
-    def open_(user, query='', connected=True):
-        context = browser.new_context(viewport={'width': 1280, 'height': 860}, locale='fr-FR',
-                                      timezone_id='Europe/Paris')
+    def open_(user, query='', connected=True, viewport=None, **context_options):
+        context = browser.new_context(viewport=viewport or {'width': 1280, 'height': 860}, locale='fr-FR',
+                                      timezone_id='Europe/Paris', **context_options)
         page = context.new_page()
         page.js_errors = []
         page.on('pageerror', lambda exc: page.js_errors.append(str(exc)))
@@ -251,6 +251,40 @@ def test_simulated_calendly_booking_goes_through_the_webhook_and_shows_prospect_
     expect(chloe.locator('#events li')).to_have_count(1)      # its own "connect" only
     expect(chloe.locator('.toast')).to_have_count(0)
     expect(chloe.locator('#unseen-count')).to_have_text('0')
+
+
+PHONE = {'width': 390, 'height': 844}
+
+
+def test_demo_page_on_a_phone_reflows_and_toasts_leave_the_buttons_free(open_page, shots):
+    """Issue 12 item 9: at 390 px the page was 612 px wide, cells wrapped a letter per line,
+    and toasts covered the first row's buttons."""
+    from playwright.sync_api import expect
+    phone = open_page(1, viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    desk = open_page(2)
+    wait_names(phone, ['Camille Martin', 'Léa Bernard'])
+
+    assert phone.evaluate('document.documentElement.scrollWidth') <= PHONE['width']
+    for name in phone.locator('#prospects tr.prospect td.name strong').all():
+        box = name.bounding_box()
+        assert box['width'] > 80 and box['height'] < 40, box      # a name on one line, not a letter per line
+    # a Calendly booking made elsewhere raises a toast on the phone
+    rows(desk, 'Léa Bernard').get_by_role('button', name='RDV Calendly').click()
+    toast = phone.locator('.toast', has_text='Nouveau rendez-vous')
+    expect(toast).to_be_visible(timeout=PROPAGATION_MS)
+    toast_box = toast.bounding_box()
+    assert toast_box['x'] >= 0 and toast_box['x'] + toast_box['width'] <= PHONE['width']
+    first = rows(phone).first
+    first.scroll_into_view_if_needed()
+    for button in first.locator('td.row-actions button').all():
+        box = button.bounding_box()
+        hit = phone.evaluate('([x, y]) => document.elementFromPoint(x, y) === null ? null : '
+                             'document.elementFromPoint(x, y).textContent',
+                             [box['x'] + box['width'] / 2, box['y'] + box['height'] / 2])
+        assert hit == button.text_content(), f'{button.text_content()!r} is covered by {hit!r}'
+    shots('phone-390px-list', phone=phone)
+    phone.evaluate('window.scrollTo(0, 0)')
+    shots('phone-390px-top', phone=phone)
 
 
 def test_after_the_sidecar_restarts_the_list_is_right_again(open_page, shots, demo, database):

@@ -167,3 +167,15 @@ async def test_a_changed_encryption_key_is_reported_not_guessed(database, fake_c
     env['SIDECAR_CALENDLY_ENCRYPTION_KEY'] = ENCRYPTION_KEY.replace('e', 'f')
     code, out, err = await cli(env, 'poll')
     assert code == 1 and 'is not the key it was encrypted with' in out
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_database_error_is_one_sentence_and_exit_1(database, pg_admin_url):
+    from conftest import _url, _with_db
+    env = sidecar_env(database, SIDECAR_DATABASE_URL=_url(_with_db(pg_admin_url, 'crm_rt_no_such_db')),
+                      SIDECAR_CALENDLY_ENCRYPTION_KEY=ENCRYPTION_KEY)
+    code, out, err = await cli(env, 'list')
+    assert (code, out) == (1, '')
+    assert err.startswith('crm-realtime calendly: the database refused: connection failed: ')
+    assert err.endswith('database "crm_rt_no_such_db" does not exist.\n') and err.count('\n') == 1
+    assert 'Traceback' not in err

@@ -32,7 +32,7 @@ async def waiting_backends(database, n, timeout=10.0):
     deadline = loop.time() + timeout
     while True:
         waits = database.execute(
-            "SELECT wait_event FROM pg_stat_activity WHERE application_name = 'crm-realtime calendly' "
+            "SELECT wait_event FROM pg_stat_activity WHERE application_name LIKE 'crm-realtime%%' "
             "AND wait_event_type = 'Lock' AND datname = current_database()")
         if len(waits) >= n:
             return sorted(w[0] for w in waits)

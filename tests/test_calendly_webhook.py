@@ -4,6 +4,7 @@ import logging
 import time
 import urllib.parse
 
+import psycopg
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -346,3 +347,89 @@ async def test_metrics_count_bookings_by_path_and_outcome(database, fake_calendl
     assert 'crm_realtime_calendly_bookings_total{outcome="prospect_created",via="webhook"} 1.0' in metrics
     assert 'crm_realtime_calendly_bookings_total{outcome="duplicate",via="webhook"}' not in metrics
     assert component_of(sc).store.token  # the component is the one serving
+
+
+# (path in the envelope, wrongly typed value, the reason the 400 gives)
+WRONG_TYPES = [
+    (('payload', 'name'), {'first': 'Dana'}, 'payload.name is not a string'),
+    (('payload', 'email'), ['dana@example.com'], 'payload.email is not a string'),
+    (('payload', 'first_name'), 7, 'payload.first_name is not a string'),
+    (('payload', 'timezone'), ['Europe/Paris'], 'payload.timezone is not a string'),
+    (('payload', 'uri'), {'id': 1}, 'payload.uri is not a string'),
+    (('payload', 'questions_and_answers'), 12, 'payload.questions_and_answers is not a list'),
+    (('payload', 'rescheduled'), 'yes', 'payload.rescheduled is not a boolean'),
+    (('payload', 'old_invitee'), {'uri': 'x'}, 'payload.old_invitee is not a string'),
+    (('payload', 'cancellation'), 'by host', 'payload.cancellation is not an object'),
+    (('payload', 'scheduled_event', 'name'), {'fr': 'RDV'}, 'scheduled_event.name is not a string'),
+    (('payload', 'scheduled_event', 'start_time'), 1772730000, 'scheduled_event.start_time is not a string'),
+    (('payload', 'scheduled_event', 'location'), {'type': ['zoom']}, None),   # unreadable: just no label
+]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_signed_json_that_is_not_a_booking_is_400_naming_the_field(database, fake_calendly, make_sidecar):
+    """Issue 8 item 8: a wrongly typed field was a 503 (an AttributeError inside) that Calendly retries for 24 h."""
+    sc, connection = await start(database, make_sidecar, fake_calendly)
+    url = f'{sc.url}/webhooks/calendly/{connection.id}'
+    answers = []
+    for path, value, reason in WRONG_TYPES:
+        invitee = fake_calendly.book(TOKEN, email='dana@example.com', name='Dana Reyes')
+        envelope = fake_calendly.envelope('invitee.created', invitee)
+        node = envelope
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        response = await fake_calendly.post_signed(url, fake_calendly.encode(envelope), SIGNING_KEY)
+        answers.append((path[-1], response.code, json.loads(response.body),
+                        'Retry-After' in response.headers))
+    expected = [(path[-1], 400, {'error': reason}, False) for path, _, reason in WRONG_TYPES if reason]
+    assert [a for a in answers if a[0] != 'location'] == expected
+    # a location whose type is unreadable still books (the label is left out)
+    assert [a[1:3] for a in answers if a[0] == 'location'] == [(200, {'status': 'prospect_created'})]
+    assert rows(database, 'SELECT count(*) FROM prospects')[0][0] == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_deeply_nested_signed_body_is_400_not_500(database, fake_calendly, make_sidecar, caplog):
+    """Issue 8 item 8: 100,000 nested arrays were a 500 (RecursionError in json.loads)."""
+    sc, connection = await start(database, make_sidecar, fake_calendly)
+    url = f'{sc.url}/webhooks/calendly/{connection.id}'
+    caplog.set_level(logging.INFO, logger='crm_realtime.calendly')
+    deep = b'{"event": "invitee.created", "payload": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
+    response = await fake_calendly.post_signed(url, deep, SIGNING_KEY)
+    assert response.code == 400 and json.loads(response.body) == {'error': 'body nests deeper than 32 levels'}
+    # 32 levels pass the bound (and then are simply not a booking)
+    ok_depth = b'{"event": "invitee.created", "payload": ' + b'[' * 31 + b']' * 31 + b'}'
+    response = await fake_calendly.post_signed(url, ok_depth, SIGNING_KEY)
+    assert response.code == 400 and json.loads(response.body) == {'error': 'payload is missing or not an object'}
+    # brackets inside strings are text, not nesting
+    invitee = fake_calendly.book(TOKEN, email='dana@example.com', name='Dana ' + '[' * 200 + ' Reyes')
+    (response,) = await fake_calendly.deliver('invitee.created', invitee)
+    assert response.code == 200 and json.loads(response.body) == {'status': 'prospect_created'}
+    assert 'Traceback' not in caplog.text and 'RecursionError' not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_database_down_is_503_with_retry_after(database, fake_calendly, make_sidecar):
+    """503 stays for what a retry can fix: here the database refusing every new session."""
+    sc, connection = await start(database, make_sidecar, fake_calendly)
+    invitee = fake_calendly.book(TOKEN, email='dana@example.com', name='Dana Reyes')
+    with psycopg.connect(database.admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database.name}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                          (database.name,))
+            started = time.monotonic()
+            (response,) = await fake_calendly.deliver('invitee.created', invitee)
+            assert response.code == 503 and response.headers['Retry-After'] == '60'
+            assert json.loads(response.body) == {'error': 'temporarily unavailable'}
+            assert time.monotonic() - started < 10       # within Calendly's 15 s read timeout
+        finally:
+            admin.execute(f'ALTER DATABASE "{database.name}" ALLOW_CONNECTIONS true')
+    # Calendly's redelivery, once the database is back (a pooled session that died
+    # with the others may cost one more 503 first: the pool drops it then)
+    for _ in range(5):
+        (retry,) = await fake_calendly.deliver('invitee.created', invitee)
+        if retry.code != 503:
+            break
+    assert json.loads(retry.body) == {'status': 'prospect_created'}

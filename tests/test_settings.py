@@ -36,6 +36,11 @@ BAD = [
     ({'SIDECAR_LISTENER_CHECK_SECONDS': 'soon'}, "SIDECAR_LISTENER_CHECK_SECONDS='soon' is not a number"),
     ({'SIDECAR_PORTT': '1'}, 'SIDECAR_PORTT is not a setting of crm-realtime'),
     ({'SIDECAR_JWT_SECRET': '', 'SIDECAR_JWT_SECRET_FILE': '/nonexistent/secret'}, "SIDECAR_JWT_SECRET_FILE='/nonexistent/secret' cannot be read"),
+    ({'SIDECAR_JWT_SECRET': 'change-me-to-the-crm-signing-secret-at-least-32-bytes'},
+     'SIDECAR_JWT_SECRET is still the example\'s "change me" placeholder'),
+    ({'SIDECAR_JWT_SECRET': 'Please CHANGE ME, this is 32 bytes or more'}, '"change me" placeholder'),
+    ({'SIDECAR_CALENDLY_ENCRYPTION_KEY': 'changeme-changeme-changeme-changeme'},
+     'SIDECAR_CALENDLY_ENCRYPTION_KEY is still the example\'s "change me" placeholder'),
 ]
 
 
@@ -74,3 +79,30 @@ def test_every_setting_is_documented_in_readme_and_env_example():
     for s in SETTINGS:
         assert f'`{s.env}`' in readme, f'{s.env} missing from README'
         assert re.search(rf'^#?\s*{s.env}=', example, re.M), f'{s.env} missing from .env.example'
+
+
+def test_commands_without_tokens_need_only_the_database_url():
+    s = load_settings({'SIDECAR_DATABASE_URL': BASE['SIDECAR_DATABASE_URL']}, require_auth=False)
+    assert s.database_url == BASE['SIDECAR_DATABASE_URL'] and s.jwt_secret == ''
+    with pytest.raises(ConfigError, match='SIDECAR_DATABASE_URL is not set'):
+        load_settings({}, require_auth=False)
+
+
+def test_fill_gives_values_only_to_unset_settings():
+    filled = load_settings({'SIDECAR_DATABASE_URL': BASE['SIDECAR_DATABASE_URL']}, fill={'jwt_secret': 'f' * 40})
+    assert filled.jwt_secret == 'f' * 40
+    assert load_settings(BASE, fill={'jwt_secret': 'f' * 40}).jwt_secret == SECRET
+
+
+def test_the_demo_reads_its_settings_through_settings_py():
+    from sidecar.demo.demo import demo_settings
+    s = demo_settings({'SIDECAR_PORT': '4100'})
+    assert (s.port, s.database_url) == (4100, None)
+    assert len(s.jwt_secret) >= 32 and len(s.calendly_encryption_key) >= 32
+    assert demo_settings(BASE).jwt_secret == SECRET
+    with pytest.raises(ConfigError, match='SIDECAR_PORTT is not a setting'):
+        demo_settings({'SIDECAR_PORTT': '1'})
+    with pytest.raises(ConfigError, match='cannot be used by the demo'):
+        demo_settings({'SIDECAR_JWT_ALGORITHMS': 'RS256', 'SIDECAR_JWT_PUBLIC_KEY': '-----BEGIN PUBLIC KEY-----'})
+    source = (ROOT / 'sidecar' / 'demo' / 'demo.py').read_text()
+    assert 'os.environ' not in source

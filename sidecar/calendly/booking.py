@@ -85,33 +85,50 @@ def split_webhook(envelope: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
 
 
 def from_invitee(kind: str, invitee: Dict[str, Any], scheduled_event: Dict[str, Any]) -> Booking:
-    """Build the booking of one invitee (webhook payload or API resource)."""
+    """Build the booking of one invitee (webhook payload or API resource).
+
+    Every field read is type-checked: a value of the wrong JSON type is a
+    BookingError naming it, like a missing one (never an AttributeError).
+    """
     if kind not in KINDS:
         raise BookingError(f'kind {kind!r} is not one of {", ".join(KINDS)}')
+    if not isinstance(invitee, dict):
+        raise BookingError('payload is missing or not an object')
     uri = _text(invitee, 'uri', 'payload.uri')
     email = _text(invitee, 'email', 'payload.email').strip().lower()
     if '@' not in email:
         raise BookingError('payload.email is not an email address')
     if not isinstance(scheduled_event, dict):
         raise BookingError('scheduled_event is missing or not an object')
-    event_uri = invitee.get('event') or scheduled_event.get('uri')
-    if not isinstance(event_uri, str) or not event_uri:
+    event_uri = _opt_text(invitee, 'event', 'payload.event') or _opt_text(scheduled_event, 'uri',
+                                                                            'scheduled_event.uri')
+    if not event_uri:
         raise BookingError('payload.event is missing')
     start_text = _text(scheduled_event, 'start_time', 'scheduled_event.start_time')
-    name = (invitee.get('name') or '').strip()
-    firstname, lastname = split_name(invitee.get('first_name'), invitee.get('last_name'), name, email)
-    cancellation = invitee.get('cancellation') if isinstance(invitee.get('cancellation'), dict) else {}
+    name = (_opt_text(invitee, 'name', 'payload.name') or '').strip()
+    firstname, lastname = split_name(_opt_text(invitee, 'first_name', 'payload.first_name'),
+                                     _opt_text(invitee, 'last_name', 'payload.last_name'), name, email)
+    cancellation = invitee.get('cancellation')
+    if cancellation is None:
+        cancellation = {}
+    elif not isinstance(cancellation, dict):
+        raise BookingError('payload.cancellation is not an object')
+    rescheduled = invitee.get('rescheduled')
+    if rescheduled is not None and not isinstance(rescheduled, bool):
+        raise BookingError('payload.rescheduled is not a boolean')
     return Booking(
         kind=kind, invitee_uri=uri, event_uri=event_uri, email=email,
         firstname=firstname, lastname=lastname, name=name or f'{firstname} {lastname}'.strip(),
-        phone=find_phone(invitee), timezone=invitee.get('timezone') or 'UTC',
-        event_name=(scheduled_event.get('name') or 'Rendez-vous').strip(),
+        phone=find_phone(invitee), timezone=_opt_text(invitee, 'timezone', 'payload.timezone') or 'UTC',
+        event_name=(_opt_text(scheduled_event, 'name', 'scheduled_event.name') or 'Rendez-vous').strip(),
         start_time=parse_time(start_text), start_time_text=start_text,
         location=location_text(scheduled_event.get('location')),
-        rescheduled=bool(invitee.get('rescheduled')),
-        old_invitee=invitee.get('old_invitee'), new_invitee=invitee.get('new_invitee'),
-        canceled_by=cancellation.get('canceled_by'), canceler_type=cancellation.get('canceler_type'),
-        cancel_reason=cancellation.get('reason'),
+        rescheduled=bool(rescheduled),
+        old_invitee=_opt_text(invitee, 'old_invitee', 'payload.old_invitee'),
+        new_invitee=_opt_text(invitee, 'new_invitee', 'payload.new_invitee'),
+        canceled_by=_opt_text(cancellation, 'canceled_by', 'payload.cancellation.canceled_by'),
+        canceler_type=_opt_text(cancellation, 'canceler_type', 'payload.cancellation.canceler_type'),
+        cancel_reason=_opt_text(cancellation, 'reason', 'payload.cancellation.reason'),
     )
 
 
@@ -125,12 +142,24 @@ def from_poll(invitee: Dict[str, Any], scheduled_event: Dict[str, Any]) -> List[
 
 def _text(obj: Dict[str, Any], key: str, label: str) -> str:
     value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BookingError(f'{label} is not a string')
     if not isinstance(value, str) or not value.strip():
         raise BookingError(f'{label} is missing')
     return value
 
 
+def _opt_text(obj: Dict[str, Any], key: str, label: str) -> Optional[str]:
+    """A string field that may be absent or null (None then)."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BookingError(f'{label} is not a string')
+    return value
+
+
 def parse_time(value: str) -> datetime:
+    if not isinstance(value, str):
+        raise BookingError(f'{value!r} is not an ISO-8601 time')
     try:
         parsed = datetime.fromisoformat(value.replace('Z', '+00:00'))
     except ValueError:
@@ -156,7 +185,10 @@ def find_phone(invitee: Dict[str, Any]) -> Optional[str]:
     number = invitee.get('text_reminder_number')
     if isinstance(number, str) and number.strip():
         return number.strip()
-    for qa in invitee.get('questions_and_answers') or ():
+    answers = invitee.get('questions_and_answers')
+    if answers is not None and not isinstance(answers, list):
+        raise BookingError('payload.questions_and_answers is not a list')
+    for qa in answers or ():
         if not isinstance(qa, dict):
             continue
         question, answer = qa.get('question') or '', qa.get('answer') or ''
@@ -169,7 +201,8 @@ def find_phone(invitee: Dict[str, Any]) -> Optional[str]:
 def location_text(location: Any) -> Optional[str]:
     if not isinstance(location, dict):
         return None
-    label = _LOCATION_LABELS.get(location.get('type'))
+    kind = location.get('type')
+    label = _LOCATION_LABELS.get(kind) if isinstance(kind, str) else None
     detail = location.get('join_url') or location.get('location')
     detail = detail.strip() if isinstance(detail, str) else ''
     if label and detail:

@@ -14,7 +14,10 @@ import secrets
 import sys
 import uuid
 
+import psycopg
+
 from ..settings import ConfigError, load_settings
+from ..runner import database_error_text
 from .client import CalendlyError, Forbidden, RetryPolicy, Unauthorized
 from .component import Calendly, webhook_path
 from .store import ACTIVE, NEEDS_REAUTH
@@ -76,9 +79,13 @@ def _run(coro_fn):
 async def _with_calendly(settings, coro_fn, args) -> int:
     calendly = Calendly(settings, retry_policy=CLI_POLICY)
     try:
+        await calendly.open()
         return await coro_fn(calendly, args)
     except CalendlyError as exc:
         _err(f'Calendly refused: {exc}')
+        return 1
+    except psycopg.Error as exc:
+        _err(f'the database refused: {database_error_text(exc)}.')
         return 1
     finally:
         await calendly.close()

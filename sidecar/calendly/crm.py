@@ -2,8 +2,8 @@
 
 The prospect and notification tables are the ones ``crm_realtime.watch()``
 registered in ``crm_realtime.watched_table``, and their columns are named by
-the same field -> column mapping the capture triggers use; the tables are
-reflected with SQLAlchemy. The triggers then journal the writes and the
+the same field -> column mapping the capture triggers use; their column types
+are read from the catalog (plain SQL through psycopg). The triggers then journal the writes and the
 sidecar emits ``prospect:created`` / ``prospect:updated`` / ``notification``
 like for any other change.
 
@@ -28,13 +28,13 @@ import json
 import logging
 from typing import Dict, Optional, Tuple
 
-from sqlalchemy import (JSON, MetaData, Table, Text, case, cast, func, literal, select, text, update)
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from . import booking as bk
-from .store import booking_table
+from .store import ACQUIRE_TIMEOUT, BOOKING_TABLE
 
 log = logging.getLogger('crm_realtime.calendly.crm')
 
@@ -57,50 +57,79 @@ class Outcome:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Mapped:
-    table: Table
-    pk: object
-    org: object
-    fields: Dict[str, object]     # event field -> Column (mapped fields only)
+class _Column:
+    name: str
+    type: str                     # as pg_catalog.format_type() spells it
 
-    def col(self, field):
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.name)
+
+    def cast(self, placeholder=sql.Placeholder()) -> sql.Composable:
+        """A text parameter cast to this column's own type (integer, uuid, jsonb, text...)."""
+        return sql.SQL('CAST(CAST({} AS text) AS {})').format(placeholder, sql.SQL(self.type))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mapped:
+    table: sql.Identifier
+    pk: _Column
+    org: _Column
+    fields: Dict[str, _Column]    # event field -> column (mapped fields only)
+
+    def col(self, field) -> Optional[_Column]:
         return self.fields.get(field)
 
 
-_MAPPING_SQL = text('''
+_MAPPING_SQL = """
     SELECT w."relation"::oid AS oid, n.nspname AS schema, c.relname AS name, w."kind",
            w."pk_column", w."org_column", w."fields"
       FROM "crm_realtime"."watched_table" w
       JOIN pg_catalog.pg_class c ON c.oid = w."relation"
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-''')
+"""
+_COLUMNS_SQL = """
+    SELECT a.attname AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+"""
+_RETRIED = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 
 class CrmWriter:
-    def __init__(self, engine: AsyncEngine, prospect_status: str):
-        self.engine = engine
+    def __init__(self, pool: AsyncConnectionPool, prospect_status: str):
+        self.pool = pool
         self.prospect_status = prospect_status
-        self._reflected: Dict[Tuple, Table] = {}
+        self._columns: Dict[Tuple, Dict[str, _Column]] = {}
 
     async def apply(self, organization_id: str, booking: bk.Booking, *, via: str,
-                    connection_id: Optional[str] = None) -> Outcome:
-        """Apply ``booking`` to ``organization_id``'s CRM rows unless already applied."""
+                    connection_id: Optional[str] = None, conn: Optional[AsyncConnection] = None) -> Outcome:
+        """Apply ``booking`` to ``organization_id``'s CRM rows unless already applied.
+
+        On ``conn`` when given (the poll's own connection), else on a pooled one.
+        """
         for attempt in range(3):
             try:
-                async with self.engine.begin() as conn:
-                    return await self._apply(conn, str(organization_id), booking, via, connection_id)
-            except DBAPIError as exc:
-                code = getattr(exc.orig, 'sqlstate', None)
-                if code in ('40001', '40P01') and attempt < 2:
-                    log.warning('booking %s %s: %s, retrying', booking.kind, booking.invitee_uri, code)
+                if conn is not None:
+                    return await self._in_transaction(conn, str(organization_id), booking, via, connection_id)
+                async with self.pool.connection(timeout=ACQUIRE_TIMEOUT) as pooled:
+                    return await self._in_transaction(pooled, str(organization_id), booking, via,
+                                                      connection_id)
+            except _RETRIED as exc:
+                if attempt < 2:
+                    log.warning('booking %s %s: %s, retrying', booking.kind, booking.invitee_uri, exc.sqlstate)
                     continue
                 raise
         raise AssertionError('unreachable')  # pragma: no cover
 
+    async def _in_transaction(self, conn, org, booking, via, connection_id) -> Outcome:
+        async with conn.transaction():
+            return await self._apply(conn, org, booking, via, connection_id)
+
     async def _apply(self, conn: AsyncConnection, org: str, booking: bk.Booking, via: str,
                      connection_id: Optional[str]) -> Outcome:
-        await conn.execute(select(func.pg_advisory_xact_lock(
-            func.hashtextextended(f'crm_realtime.calendly.prospect:{org}:{booking.email}', 0))))
+        await conn.execute('SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(%s, 0))',
+                           (f'crm_realtime.calendly.prospect:{org}:{booking.email}',))
         if not await self._claim(conn, org, booking, via, connection_id):
             return Outcome(DUPLICATE)
         prospects, notifications = await self._mappings(conn)
@@ -141,64 +170,85 @@ class CrmWriter:
     # ----------------------------------------------------------------- idempotency
 
     async def _claim(self, conn, org, booking: bk.Booking, via, connection_id) -> bool:
-        stmt = insert(booking_table).values(
-            organization_id=org, kind=booking.kind, invitee_uri=booking.invitee_uri,
-            event_uri=booking.event_uri, connection_id=connection_id, outcome='pending', via=via,
-        ).on_conflict_do_nothing().returning(booking_table.c.kind)
-        return (await conn.execute(stmt)).first() is not None
+        cur = await conn.execute(sql.SQL(
+            'INSERT INTO {} (organization_id, kind, invitee_uri, event_uri, connection_id, outcome, via) '
+            "VALUES (%s, %s, %s, %s, %s, 'pending', %s) ON CONFLICT DO NOTHING RETURNING kind")
+            .format(BOOKING_TABLE),
+            (org, booking.kind, booking.invitee_uri, booking.event_uri, connection_id, via))
+        return await cur.fetchone() is not None
 
     async def _record(self, conn, org, booking: bk.Booking, result: Outcome) -> None:
-        await conn.execute(update(booking_table).where(
-            booking_table.c.organization_id == org, booking_table.c.kind == booking.kind,
-            booking_table.c.invitee_uri == booking.invitee_uri,
-        ).values(outcome=result.outcome, prospect_id=result.prospect_id))
+        await conn.execute(sql.SQL(
+            'UPDATE {} SET outcome = %s, prospect_id = %s '
+            'WHERE organization_id = %s AND kind = %s AND invitee_uri = %s').format(BOOKING_TABLE),
+            (result.outcome, result.prospect_id, org, booking.kind, booking.invitee_uri))
 
     # ----------------------------------------------------------------- CRM rows
 
     async def _find(self, conn, m: _Mapped, org: str, email: str) -> Optional[str]:
-        query = (select(m.pk).where(cast(m.org, Text) == org, func.lower(m.col('email')) == email)
-                 .limit(1).with_for_update())
         created = m.col('created_at')
-        query = query.order_by(*([created] if created is not None else []), m.pk)
-        pk = (await conn.execute(query)).scalar()
-        return None if pk is None else str(pk)
+        order = [created.ident] if created is not None else []
+        query = sql.SQL('SELECT {pk}::text FROM {t} WHERE {org}::text = %s AND lower({email}) = %s '
+                        'ORDER BY {order} LIMIT 1 FOR UPDATE').format(
+            pk=m.pk.ident, t=m.table, org=m.org.ident, email=m.col('email').ident,
+            order=sql.SQL(', ').join([*order, m.pk.ident]))
+        row = await (await conn.execute(query, (org, email))).fetchone()
+        return None if row is None else row[0]
+
+    async def _insert(self, conn, m: _Mapped, org: str, values: Dict[str, object],
+                      returning: bool) -> Optional[str]:
+        """INSERT the mapped ``values`` (field -> value, or ``sql.SQL`` for an expression)."""
+        names, exprs, params = [m.org.ident], [m.org.cast()], [org]
+        for field, value in values.items():
+            column = m.col(field)
+            if column is None:
+                continue
+            names.append(column.ident)
+            if isinstance(value, sql.Composable):
+                exprs.append(value)
+            else:
+                exprs.append(column.cast())
+                params.append(value)
+        query = sql.SQL('INSERT INTO {} ({}) VALUES ({})').format(
+            m.table, sql.SQL(', ').join(names), sql.SQL(', ').join(exprs))
+        if returning:
+            query += sql.SQL(' RETURNING {}::text').format(m.pk.ident)
+        cur = await conn.execute(query, params)
+        return (await cur.fetchone())[0] if returning else None
 
     async def _insert_prospect(self, conn, m: _Mapped, org: str, booking: bk.Booking, line: str) -> str:
-        values = {'firstname': booking.firstname, 'lastname': booking.lastname, 'email': booking.email,
-                  'phone': booking.phone, 'status': self.prospect_status, 'source': bk.SOURCE,
-                  'notes': line, 'created_at': func.now(), 'updated_at': func.now()}
-        row = {m.org.name: _as(m.org, org)}
-        row.update({m.col(f).name: v for f, v in values.items() if m.col(f) is not None})
-        pk = (await conn.execute(m.table.insert().values(row).returning(m.pk))).scalar_one()
-        return str(pk)
+        now = sql.SQL('now()')
+        return await self._insert(conn, m, org, {
+            'firstname': booking.firstname, 'lastname': booking.lastname, 'email': booking.email,
+            'phone': booking.phone, 'status': self.prospect_status, 'source': bk.SOURCE,
+            'notes': line, 'created_at': now, 'updated_at': now}, returning=True)
 
     async def _append(self, conn, m: _Mapped, prospect_id: str, line: str) -> None:
         notes, updated = m.col('notes'), m.col('updated_at')
-        values = {}
+        sets, params = [], []
         if notes is not None:
-            values[notes.name] = case((func.coalesce(notes, '') == '', literal(line)),
-                                      else_=notes + literal('\n' + line))
+            sets.append(sql.SQL("{n} = CASE WHEN coalesce({n}, '') = '' THEN %s ELSE {n} || %s END")
+                        .format(n=notes.ident))
+            params += [line, '\n' + line]
         if updated is not None:
-            values[updated.name] = func.now()
-        if values:
-            await conn.execute(m.table.update().where(m.pk == _as(m.pk, prospect_id)).values(values))
+            sets.append(sql.SQL('{} = now()').format(updated.ident))
+        if sets:
+            await conn.execute(sql.SQL('UPDATE {} SET {} WHERE {} = {}').format(
+                m.table, sql.SQL(', ').join(sets), m.pk.ident, m.pk.cast()), (*params, prospect_id))
 
     async def _notify(self, conn, m: _Mapped, org: str, booking: bk.Booking, prospect_id: str,
                       new_prospect: bool) -> None:
         ntype, title, message = bk.notification_texts(booking, new_prospect)
-        meta = bk.notification_meta(booking, prospect_id)
-        meta_col = m.col('meta')
-        values = {'type': ntype, 'title': title, 'message': message, 'created_at': func.now(),
-                  'meta': meta if meta_col is not None and isinstance(meta_col.type, JSON)
-                  else json.dumps(meta, ensure_ascii=False)}
-        row = {m.org.name: _as(m.org, org)}
-        row.update({m.col(f).name: v for f, v in values.items() if m.col(f) is not None})
-        await conn.execute(m.table.insert().values(row))
+        meta = json.dumps(bk.notification_meta(booking, prospect_id), ensure_ascii=False)
+        await self._insert(conn, m, org, {'type': ntype, 'title': title, 'message': message,
+                                          'created_at': sql.SQL('now()'), 'meta': meta}, returning=False)
 
     # ----------------------------------------------------------------- mapping
 
     async def _mappings(self, conn) -> Tuple[_Mapped, Optional[_Mapped]]:
-        rows = (await conn.execute(_MAPPING_SQL)).mappings().all()
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(_MAPPING_SQL)
+        rows = await cur.fetchall()
         by_kind: Dict[str, list] = {}
         for r in rows:
             by_kind.setdefault(r['kind'], []).append(r)
@@ -222,16 +272,12 @@ class CrmWriter:
     async def _mapped(self, conn, r) -> _Mapped:
         fields = r['fields']
         key = (r['oid'], json.dumps(fields, sort_keys=True), r['pk_column'], r['org_column'])
-        table = self._reflected.get(key)
-        if table is None:
-            # reflected once per mapping version; watch() again and the key changes
-            table = await conn.run_sync(lambda sync: Table(r['name'], MetaData(), schema=r['schema'],
-                                                           autoload_with=sync))
-            self._reflected[key] = table
-        columns = {f: table.c[c] for f, c in fields.items() if c is not None and f != 'id'}
-        return _Mapped(table, table.c[r['pk_column']], table.c[r['org_column']], columns)
-
-
-def _as(column, value: str):
-    """``value`` (text) cast to the column's own type (integer, uuid, text...)."""
-    return cast(literal(value, Text), column.type)
+        columns = self._columns.get(key)
+        if columns is None:
+            # read once per mapping version; watch() again and the key changes
+            cur = await conn.execute(_COLUMNS_SQL, (r['oid'],))
+            columns = {name: _Column(name, type_) for name, type_ in await cur.fetchall()}
+            self._columns[key] = columns
+        mapped = {f: columns[c] for f, c in fields.items() if c is not None and f != 'id' and c in columns}
+        return _Mapped(sql.Identifier(r['schema'], r['name']), columns[r['pk_column']],
+                       columns[r['org_column']], mapped)

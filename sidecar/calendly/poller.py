@@ -39,6 +39,9 @@ from .store import ACTIVE, Connection, Store, log_text
 
 log = logging.getLogger('crm_realtime.calendly.poller')
 
+#: connections polled at once; each holds one pooled database connection while it runs
+POLL_CONCURRENCY = 3
+
 
 @dataclasses.dataclass
 class PollResult:
@@ -61,12 +64,12 @@ def fingerprint(event) -> str:
 class Poller:
     def __init__(self, store: Store, writer: CrmWriter, client_for: Callable[[str], CalendlyClient], *,
                  lookback: timedelta, apply: Callable, on_reauth: Callable, page_size: int = 100,
-                 concurrency: int = 3):
+                 concurrency: int = POLL_CONCURRENCY):
         self.store = store
         self.writer = writer
         self._client_for = client_for
         self._lookback = lookback
-        self._apply = apply              # async (connection, booking, via) -> Outcome
+        self._apply = apply              # async (connection, booking, via, conn) -> Outcome
         self._on_reauth = on_reauth      # async () -> None, after a connection is marked
         self.page_size = page_size
         self._semaphore = asyncio.Semaphore(concurrency)
@@ -82,25 +85,28 @@ class Poller:
             return await self.poll_connection(connection_id)
 
     async def poll_connection(self, connection_id: str) -> PollResult:
-        """Poll one connection now (unless another process holds its lock)."""
+        """Poll one connection now (unless another process holds its lock).
+
+        Every statement of the poll runs on the pooled connection that holds the lock.
+        """
         result = PollResult(connection_id)
-        async with self.store.poll_lock(connection_id) as got:
-            if not got:
+        async with self.store.poll_lock(connection_id) as conn:
+            if conn is None:
                 result.locked_out = True
                 log.info('calendly connection %s: another process is polling it; skipped', connection_id)
                 return result
-            connection = await self.store.get(connection_id)   # read after the lock: fresh watermark
+            connection = await self.store.get(connection_id, conn)   # read after the lock: fresh watermark
             if connection is None or connection.status != ACTIVE:
                 return result
             started = datetime.now(timezone.utc)
             result.polled = True
             try:
-                await self._poll(connection, result)
+                await self._poll(connection, result, conn)
             except Unauthorized as exc:
                 result.error = str(exc)
                 log.error('calendly connection %s: token refused (%s); marked needs_reauth, '
                           'reconnect it with `crm-realtime calendly connect`', connection_id, exc)
-                await self.store.mark_needs_reauth(connection_id, result.error)
+                await self.store.mark_needs_reauth(connection_id, result.error, conn)
                 await self._on_reauth()
                 return result
             except (CalendlyError, bk.BookingError, ValueError) as exc:
@@ -111,15 +117,15 @@ class Poller:
             if result.error:
                 log.warning('calendly connection %s: poll stopped (%s); watermark kept', connection_id,
                             result.error)
-            await self.store.finish_poll(connection_id, started, result.error)
+            await self.store.finish_poll(connection_id, started, result.error, conn)
             log.info('calendly connection %s: polled %d events, fetched %d, %d bookings applied',
                      connection_id, result.events, result.events_fetched, result.applied)
         return result
 
-    async def _poll(self, connection: Connection, result: PollResult) -> None:
+    async def _poll(self, connection: Connection, result: PollResult, conn) -> None:
         client = self._client_for(self.store.token(connection))
         since = connection.watermark - self._lookback
-        seen = await self.store.seen_events(connection.id)
+        seen = await self.store.seen_events(connection.id, conn)
         failed = 0
         scope = {'organization': connection.subject} if connection.scope == 'organization' \
             else {'user': connection.subject}
@@ -142,14 +148,14 @@ class Poller:
                     ok = False
                     continue
                 for booking in bookings:
-                    outcome = await self._apply(connection, booking, 'poll')
+                    outcome = await self._apply(connection, booking, 'poll', conn)
                     result.bookings += 1
                     result.applied += outcome.outcome != 'duplicate'
             if ok:
                 await self.store.mark_event_seen(connection.id, event['uri'], fp,
-                                                 bk.parse_time(event['start_time']))
+                                                 bk.parse_time(event['start_time']), conn)
             else:
                 failed += 1
-        await self.store.forget_events_before(connection.id, since)
+        await self.store.forget_events_before(connection.id, since, conn)
         if failed:
             raise bk.BookingError(f'{failed} event(s) had unreadable invitees')

@@ -399,8 +399,8 @@
     if (typeof io !== 'function') {
       setConnection('refused', 'Client socket.io absent');
       fatal('Le client officiel socket.io-client est introuvable (vendor/socket.io.min.js). '
-            + 'Installez-le depuis la racine du dépôt avec « npm ci --prefix tests/js » '
-            + '(ou « npm install socket.io-client » dans le dossier d’où la démo est lancée), '
+            + 'Installez-le avec « crm-realtime client-bundle install » '
+            + '(ou, dans le dépôt, « npm ci --prefix tests/js »), '
             + 'puis redémarrez la démo et rechargez la page.');
       return;
     }

@@ -1,9 +1,9 @@
 """Demo-only HTTP routes: the demo page, a tiny CRM API behind it, a Calendly simulator.
 
-Mounted by ``crm-realtime demo`` (``sidecar/demo.py``) and never by ``serve``:
+Mounted by ``crm-realtime demo`` (``sidecar/demo/demo.py``) and never by ``serve``:
 the session endpoint hands a token to whoever asks, which only a demo may do.
 
-* ``GET /demo/?user=1|2|3``: the page (``sidecar/static/demo/``). It behaves
+* ``GET /demo/?user=1|2|3``: the page (``sidecar/demo/static/``). It behaves
   like the SPA of the frontend contract: its list changes only on Socket.IO
   events and on the refetch that follows every ``connect``, never from the
   answers of the API below.
@@ -40,18 +40,19 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional
 
 import tornado.web
+from tornado import httputil
 from psycopg import sql
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from .auth import AuthError, bearer_token
-from .client_bundle import _ClientBuild, client_route, find_client_dist
+from ..auth import AuthError, bearer_token
+from ..calendly.signature import HEADER, sign
+from ..client_bundle import ClientBuild, client_route, find_client_dist
+from ..events import PROSPECT_FIELDS
 from .demo_calendly import CALENDLY_STAND_IN, CalendlyLink, invitee_created, local_url
-from .calendly.signature import HEADER, sign
-from .events import PROSPECT_FIELDS
 
 log = logging.getLogger('crm_realtime.demo_web')
 
-STATIC_DIR = Path(__file__).resolve().parent / 'static' / 'demo'
+STATIC_DIR = Path(__file__).resolve().parent / 'static'
 #: written by the page's form; everything else of a prospect is the database's
 EDITABLE = ('firstname', 'lastname', 'email', 'phone', 'status', 'source', 'notes')
 MAX_TEXT = {'notes': 100_000}
@@ -90,9 +91,9 @@ class Demo:
     def routes(self):
         ctx = {'demo': self}
         vendor = client_route('/demo/vendor/')
-        if vendor[1] is not _ClientBuild:
+        if vendor[1] is not ClientBuild:
             log.warning('socket.io-client is not installed: the demo page cannot connect until '
-                        '`npm ci --prefix tests/js` (or `npm install socket.io-client`) is run')
+                        '`crm-realtime client-bundle install` is run')
         return [
             (r'/', tornado.web.RedirectHandler, {'url': '/demo/', 'permanent': False}),
             (r'/demo', tornado.web.RedirectHandler, {'url': '/demo/', 'permanent': False}),
@@ -120,7 +121,10 @@ class _Api(tornado.web.RequestHandler):
         self.set_header('Cache-Control', 'no-store')
 
     def write_error(self, status_code, **kwargs):
-        self.finish({'error': self._reason})
+        # an uncaught exception or send_error(): the reason it carries, else the status's phrase
+        exc = kwargs.get('exc_info', (None, None, None))[1]
+        reason = exc.reason if isinstance(exc, tornado.web.HTTPError) and exc.reason else None
+        self.finish({'error': reason or httputil.responses.get(status_code, 'error')})
 
     def fail(self, status: int, text: str, detail: Optional[str] = None):
         """End the request with ``{"error": text}``; ``detail`` goes to the log only."""

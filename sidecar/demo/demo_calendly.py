@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, Optional
 
-from .calendly.component import Calendly
+from ..calendly.component import Calendly
 
 CALENDLY_API = 'https://api.calendly.com'
 CALENDLY_STAND_IN = '/demo/calendly-api'
@@ -102,6 +102,7 @@ async def create_calendly_links(settings, organization_ids: Iterable[int]) -> li
     calendly = Calendly(settings)
     links = []
     try:
+        await calendly.open()
         for org in organization_ids:
             subject = f'{CALENDLY_API}/organizations/{uuid.uuid5(uuid.NAMESPACE_URL, f"crm-realtime-demo/{org}")}'
             token = 'demo-' + secrets.token_urlsafe(24)
