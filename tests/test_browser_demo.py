@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import ROOT, SidecarProcess, sidecar_env
-from sidecar.demo.demo_web import find_socketio_client
+from sidecar.client_bundle import find_client_dist
 
 pytestmark = pytest.mark.browser
 
@@ -37,7 +37,7 @@ def _require_browser():
         missing.append('the playwright package (pip install -e .[test])')
     if not os.access(CHROMIUM, os.X_OK):
         missing.append(f'{CHROMIUM} (apt-get install chromium)')
-    if find_socketio_client() is None:
+    if find_client_dist() is None:
         missing.append('socket.io-client (npm ci --prefix tests/js)')
     if missing:
         message = 'browser tests need ' + ', '.join(missing)

@@ -9,7 +9,7 @@ the session endpoint hands a token to whoever asks, which only a demo may do.
   answers of the API below.
 * ``GET /demo/vendor/socket.io.min.js``: the official socket.io-client browser
   build, served from an npm-installed ``socket.io-client`` (see
-  ``find_socketio_client``); nothing third-party is committed. When none is
+  ``client_bundle.find_client_dist``); nothing third-party is committed. When none is
   installed the route answers 404 and the page says how to install it.
 * ``GET /demo/api/session?user=N[&ttl=seconds]``: a fresh token for a demo user.
 * ``GET|POST /demo/api/prospects``, ``PATCH|DELETE /demo/api/prospects/<id>``:
@@ -58,9 +58,6 @@ EDITABLE = ('firstname', 'lastname', 'email', 'phone', 'status', 'source', 'note
 MAX_TEXT = {'notes': 100_000}
 MAX_FIELD = 500
 TOKEN_TTL = (5, 12 * 3600)           # bounds of ?ttl=, seconds
-
-
-find_socketio_client = find_client_dist
 
 
 @dataclasses.dataclass(frozen=True)
