@@ -6,7 +6,9 @@
 // "connect" (the contract's 'socket-reconnected'). The list changes only
 // through those events and refetches, never from the answers of the demo
 // CRM API: a change made here shows up the way it shows up in another tab.
-// Beyond the contract: on "io server disconnect" (expired token) and on a
+// Beyond the contract: auth is a function (socket.io-client calls it on every
+// (re)connection, so a reconnect always sends the current token, the form the
+// README recommends), and on "io server disconnect" (expired token) or a
 // refused handshake (e.g. the demo restarted with a new secret) it fetches a
 // fresh token before calling socket.connect().
 'use strict';
@@ -300,17 +302,19 @@
           setConnection('down', `Déconnecté — nouvel essai dans ${Math.round(delay / 1000)} s`);
         }
       }
-      socket.auth = { token: session.token };
-      logEvent('token', 'nouveau jeton obtenu');
+      logEvent('token', 'nouveau jeton obtenu');   // the auth function hands it out
       socket.connect();
     } finally {
       renewing = false;
     }
   }
 
-  function connectSocket(token) {
+  function connectSocket() {
     if (socket && socket.connected) return socket;
-    socket = io(location.origin, { auth: { token }, transports: ['websocket', 'polling'] });
+    socket = io(location.origin, {
+      auth: (cb) => cb({ token: session.token }),      // read on every (re)connection
+      transports: ['websocket', 'polling'],
+    });
 
     socket.on('connect', () => {
       console.log('🟢 Socket.IO connecté:', socket.id);
@@ -422,7 +426,7 @@
         + '(dans la démo, seule l’organisation 1 en a une).';
     }
     refetchProspects('chargement');
-    connectSocket(session.token);
+    connectSocket();
   }
 
   start();
