@@ -10,7 +10,8 @@ Private names relied on (versions in the package docstring):
 * ``engineio.async_drivers.tornado.WebSocket``: constructed with
   ``(handler, server)`` where ``handler`` is the bound
   ``AsyncSocket._websocket_handler`` of the session; called with the environ
-  holding ``tornado.handler``.
+  holding ``tornado.handler``; its ``send`` (replaced: same write, but the
+  write's future is watched) and ``tornado_handler``.
 * ``AsyncSocket.upgrading`` / ``upgraded`` / ``closed`` / ``closing`` / ``queue``,
   ``AsyncServer.sockets`` (sid -> socket).
 * ``engineio.AsyncServer.ping_interval`` read on every ping sleep (made a property).
@@ -25,7 +26,9 @@ import random
 from typing import Dict
 
 import engineio
+import engineio.exceptions
 import socketio
+import tornado.websocket
 from engineio.async_drivers import tornado as eio_tornado
 from socketio import packet as sio_packet
 
@@ -100,9 +103,26 @@ class EngineIOServer(engineio.AsyncServer):
                 pass
 
 
+def _retrieve(future) -> None:
+    if not future.cancelled():
+        future.exception()      # a write to a websocket that closed meanwhile: nothing to do
+
+
 def _accepting_websocket(server: EngineIOServer, base):
     class AcceptedWebSocket(base):
-        """engine.io's websocket wrapper that registers the websocket it serves."""
+        """engine.io's websocket wrapper that registers the websocket it serves.
+
+        ``send`` is the driver's, except that the write's future is watched:
+        the driver drops it, so a websocket that closes with a packet in
+        flight logged "Task exception was never retrieved" with a traceback.
+        """
+
+        async def send(self, message):
+            try:
+                written = self.tornado_handler.write_message(message, binary=isinstance(message, bytes))
+            except tornado.websocket.WebSocketClosedError:
+                raise engineio.exceptions.EngineIOError() from None
+            written.add_done_callback(_retrieve)
 
         async def __call__(self, environ):
             handler = environ['tornado.handler']

@@ -91,6 +91,13 @@ def test_engineio_builds_the_websocket_wrapper_with_the_sessions_handler():
          'reads the tornado handler from the environ')
 
 
+def test_engineio_tornado_websocket_send_is_a_write_message():
+    src = _src(eio_tornado.WebSocket.send)
+    need('self.tornado_handler.write_message(' in src and 'EngineIOError' in src,
+         'engineio tornado WebSocket.send / tornado_handler',
+         'writes with tornado_handler.write_message and raises EngineIOError when closed')
+
+
 def test_engineio_upgrade_flags_guard_the_websocket_handler():
     src = _src(async_socket.AsyncSocket._websocket_handler)
     for flag in ('self.upgrading = True', 'self.upgraded = True', 'self.upgrading = False'):
