@@ -38,15 +38,23 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def run_sidecar(settings, *, on_ready=None) -> None:
+async def run_sidecar(settings, *, on_ready=None, drain=True) -> None:
     from .app import Sidecar
     sidecar = Sidecar(settings)
     await sidecar.start()
+    # SIGTERM (a deploy, `docker stop`): drain first, see Sidecar.drain.
+    # SIGINT (Ctrl-C), or a second signal during the drain: stop at once.
     stop = asyncio.Event()
+    signals = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig):
+        signals.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
     if on_ready is not None:
@@ -54,6 +62,15 @@ async def run_sidecar(settings, *, on_ready=None) -> None:
     tune_gc()
     try:
         await stop.wait()
+        if drain and signals[0] == signal.SIGTERM:
+            stop.clear()
+            drain = asyncio.ensure_future(sidecar.drain())
+            again = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([drain, again], return_when=asyncio.FIRST_COMPLETED)
+            again.cancel()
+            if not drain.done():
+                log.info('second signal: stopping now')
+                drain.cancel()   # only its wait: stop() below does the closing
     finally:
         log.info('shutting down')
         await sidecar.stop()

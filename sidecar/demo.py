@@ -126,7 +126,8 @@ def run_demo(args) -> int:
                                                           u.email, ttl), links))
             announce(sidecar.port, page=True)
 
-        asyncio.run(run_sidecar(settings, on_ready=on_ready))
+        # one process and no load balancer: nothing to drain from
+        asyncio.run(run_sidecar(settings, on_ready=on_ready, drain=False))
     finally:
         if server is not None:
             server.cleanup()
