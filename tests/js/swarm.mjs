@@ -11,7 +11,8 @@
 //   {type: "report", clients: [...]}        on the stdin line "report"; per socket:
 //       { events: ["<event> <firstname or id>", ...], connects: [[recovered, transport], ...],
 //         disconnects: [reason, ...], errors: [message, ...], connected }
-//   {type: "status", connected, total}      on the stdin line "status"
+//   {type: "status", connected, stranded, total}   on the stdin line "status"; stranded:
+//       sockets the server disconnected, which socket.io-client does not reconnect
 // The stdin line "exit" (or end of input) disconnects every socket and exits.
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
@@ -71,6 +72,8 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   if (cmd === "report") {
     out({ type: "report", clients: records.map((r, i) => ({ ...r, connected: sockets[i].connected })) });
   } else if (cmd === "status") {
-    out({ type: "status", connected: sockets.filter((s) => s.connected).length, total: sockets.length });
+    // stranded: disconnected by the server (no automatic reconnection follows)
+    const stranded = records.filter((r, i) => !sockets[i].connected && !sockets[i].active).length;
+    out({ type: "status", connected: sockets.filter((s) => s.connected).length, stranded, total: sockets.length });
   } else if (cmd === "exit") exit();
 }).on("close", exit);
