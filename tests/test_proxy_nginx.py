@@ -137,6 +137,9 @@ def test_refusal_through_haproxy_logs_the_forwarded_address(database, sidecar_pr
     for replica in replicas:
         wait_log(replica, r'refused socket \S+ from 127\.0\.0\.2: ')
         assert not re.search(r'refused socket \S+ from 127\.0\.0\.1: ', replica.log())
+        # the access log too: the forwarded address, and no session id
+        assert re.search(r'tornado\.access: 200 POST /socket\.io/ \(127\.0\.0\.2\)', replica.log())
+        assert 'sid=' not in replica.log()
 
 
 def wait_log(sidecar, pattern, timeout=5):
