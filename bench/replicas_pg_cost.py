@@ -136,13 +136,34 @@ async def _listen(url, count, ready, done):
         await c.close()
 
 
+def free_connections(monitor) -> int:
+    return monitor.execute(
+        "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+        " - (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend')").fetchone()[0]
+
+
 def run_listeners(args, k):
     with ScratchDB(args.pg) as db, psycopg.connect(db.url, autocommit=True) as monitor:
         mine = {monitor.execute('SELECT pg_backend_pid()').fetchone()[0]}
+        room = free_connections(monitor) - 5          # the writer, and others' work on this server
+        if k > room:
+            print(f'{k:14d} | skipped: PostgreSQL has room for {room} more connections (max_connections)')
+            return None
         ready, done = threading.Event(), threading.Event()
-        thread = threading.Thread(target=lambda: asyncio.run(_listen(db.url, k, ready, done)), daemon=True)
+        failed = []
+
+        def listen():
+            try:
+                asyncio.run(_listen(db.url, k, ready, done))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failed.append(exc)
+                ready.set()
+
+        thread = threading.Thread(target=listen, daemon=True)
         thread.start()
         ready.wait(60)
+        if failed:
+            sys.exit(f'bench/replicas_pg_cost.py: {k} listeners could not connect: {failed[0]}')
         try:
             r = measure(db, monitor, args.rate, args.seconds, mine)
         finally:
@@ -173,6 +194,8 @@ def main():
     print('\nbare listeners | their backends: ms CPU/write, % core | writer backend ms CPU/write | commit p50/p99 ms')
     for k in [int(x) for x in args.listeners.split(',') if x]:
         r = run_listeners(args, k)
+        if r is None:
+            continue
         print(f"{k:14d} | {r['reader_ms_per_write']:8.3f} ms, {r['reader_core_pct']:5.1f}% | "
               f"{r['writer_ms_per_write']:8.3f} | {r['commit_p50']:.2f}/{r['commit_p99']:.2f}", flush=True)
 

@@ -133,12 +133,13 @@ def test_separate_origin_with_cors_origins(database, sidecar_process, open_spa):
         login(ws)
         expect(ws.locator('#state')).to_have_text('erreur: websocket error', timeout=TIMEOUT_MS)
         wait_console(ws, r"^error: WebSocket connection to 'ws://127\.0\.0\.1:\d+/socket\.io/.*' failed: "
-                         r".*Unexpected response code: 403")
+                         r"Error during WebSocket handshake: Unexpected response code: 403")
         polling = open_spa(f'{other.url}/?socket={sidecar.url}&transports=polling')
         login(polling)
         expect(polling.locator('#state')).to_have_text('erreur: xhr poll error', timeout=TIMEOUT_MS)
         wait_console(polling, rf"^error: Access to XMLHttpRequest at '{re.escape(sidecar.url)}/socket\.io/.*' "
-                              rf"from origin '{re.escape(other.url)}' has been blocked by CORS policy")
+                              rf"from origin '{re.escape(other.url)}' has been blocked by CORS policy: "
+                              r"No 'Access-Control-Allow-Origin' header is present")
         database.insert_prospect(1, firstname='Jamais', lastname='Reçu')
         expect(pages[0].locator('#prospects li')).to_have_count(2, timeout=TIMEOUT_MS)
         for page in (ws, polling):
