@@ -353,7 +353,7 @@ def test_scale_profile_runs_three_replicas_behind_haproxy(project):
     assert 'bind :3000' in cfg['frontend crm']
     assert 'use_backend sidecar if { path_beg /socket.io/ }' in cfg['frontend crm']
     # polling stays on the replica that made its session
-    assert 'stick match url_param(sid)' in backend
+    assert 'stick on url_param(sid)' in backend
     assert any(line.startswith('stick store-response ') and "json_query('$.sid')" in line for line in backend)
     # HAProxy marks a draining replica down before its sockets close
     check = dict(re.findall(r'\b(inter|fall|rise) (\w+)', next(l for l in backend if l.startswith('default-server'))))
