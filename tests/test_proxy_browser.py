@@ -5,7 +5,8 @@
    come from the proxy's origin; the page runs the contract's login() and
    connectSocket(token) with the socket URL left to the default (the page's
    origin) and receives ``prospect:created`` for a row written to the
-   database. The sidecars have no CORS setting.
+   database. The sidecars have no CORS setting, and a page from another
+   origin is refused through the proxy on both transports.
 2. Separate origin: the page comes from one port, the sidecar listens on
    another, ``VITE_SOCKET_URL`` points at it and ``SIDECAR_CORS_ORIGINS``
    names the page's origin: both transports connect. A page from an origin
@@ -103,6 +104,19 @@ def test_same_origin_through_haproxy_needs_no_cors(database, sidecar_process, cr
         # the page, the login and the socket all went through the one origin
         assert ('GET', '/') in crm.requests and ('POST', '/auth/login') in crm.requests
         assert not [path for _, path in crm.requests if path.startswith('/socket.io/')]
+
+        # behind the proxy, CORS is still the browser's Origin: a page from elsewhere is refused
+        elsewhere = CrmStandIn(make_token(1, 11)).start()
+        try:
+            for transports, error, why in (
+                    ('websocket', 'websocket error', 'Unexpected response code: 403'),
+                    ('polling', 'xhr poll error', "No 'Access-Control-Allow-Origin' header is present")):
+                page = open_spa(f'{elsewhere.url}/?socket={proxy.url}&transports={transports}')
+                login(page)
+                expect(page.locator('#state')).to_have_text(f'erreur: {error}', timeout=TIMEOUT_MS)
+                wait_console(page, re.escape(why))
+        finally:
+            elsewhere.stop()
     finally:
         proxy.stop()
     log = proxy.log()
