@@ -63,6 +63,7 @@ class Writer(threading.Thread):
             self.latencies.append((time.monotonic() - t) * 1000)
             n += 1
             time.sleep(max(0.0, start + n / self.rate - time.monotonic()))
+        self.cpu_end = cpu_seconds(self.pid)     # before its backend goes away
         self.conn.close()
 
 
@@ -79,7 +80,7 @@ def measure(db, monitor, rate, seconds, exclude, extra_pids=()):
     writer.start()
     writer.join()
     elapsed = time.monotonic() - t0
-    wcpu = cpu_seconds(writer.pid) if os.path.exists(f'/proc/{writer.pid}') else None
+    wcpu = writer.cpu_end
     cpu1 = backends_cpu(readers)
     pcpu1 = sum(cpu_seconds(p) for p in extra_pids)
     time.sleep(STATS_FLUSH_WAIT)
@@ -91,7 +92,7 @@ def measure(db, monitor, rate, seconds, exclude, extra_pids=()):
         'writes': writes, 'seconds': elapsed, 'readers': len(readers),
         'reads_per_s': (scans1 - scans0) / elapsed, 'reads_per_write': (scans1 - scans0) / writes,
         'reader_ms_per_write': (cpu1 - cpu0) * 1000 / writes, 'reader_core_pct': (cpu1 - cpu0) / elapsed * 100,
-        'writer_ms_per_write': None if wcpu is None else (wcpu - wcpu0) * 1000 / writes,
+        'writer_ms_per_write': (wcpu - wcpu0) * 1000 / writes,
         'commit_p50': percentile(lat, 50), 'commit_p99': percentile(lat, 99),
         'process_core_pct': (pcpu1 - pcpu0) / elapsed * 100,
     }
