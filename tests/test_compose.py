@@ -365,6 +365,10 @@ def test_scale_profile_runs_three_replicas_behind_haproxy(project):
     timeouts = {line.split()[1]: seconds(line.split()[2]) for line in cfg['defaults'] if line.startswith('timeout ')}
     assert min(timeouts['client'], timeouts['server'], timeouts['tunnel']) > quiet
     assert 'option forwardfor' in cfg['defaults']
+    # no engine.io sid in HAProxy's log: the path without its query string
+    assert not [line for section in cfg.values() for line in section if line.startswith('option httplog')]
+    (log_format,) = [line for line in cfg['frontend crm'] if line.startswith('log-format ')]
+    assert '%HPO' in log_format and not re.search(r'%(\{[^}]*\})?(r|HU|HQ)\b', log_format)
 
 
 @pytest.mark.skipif(HAPROXY is None and not os.environ.get('CI'), reason='needs haproxy (apt install haproxy)')
