@@ -136,7 +136,8 @@ def start_server(kind, db_url, port, log_path, node_recovery=False):
     log = open(log_path, 'wb')
     if kind == 'sidecar':
         env = dict(os.environ, SIDECAR_DATABASE_URL=db_url, SIDECAR_JWT_SECRET=SECRET,
-                   SIDECAR_HOST='127.0.0.1', SIDECAR_PORT=str(port), SIDECAR_LOG_LEVEL='WARNING')
+                   SIDECAR_HOST='127.0.0.1', SIDECAR_PORT=str(port), SIDECAR_LOG_LEVEL='WARNING',
+                   SIDECAR_DRAIN_SECONDS='0')   # no load balancer: stop() at once
         cmd = [sys.executable, '-m', 'sidecar', 'serve']
     else:
         if not (ROOT / 'bench/node_reference/node_modules/socket.io').is_dir():

@@ -42,10 +42,13 @@ class HealthHandler(_Base):
 
 
 class ReadyHandler(_Base):
-    """200 only while the LISTEN connection is active."""
+    """200 only while the LISTEN connection is active and the sidecar is not draining."""
     def get(self):
         listener = self.sidecar.listener
-        if listener.ready:
+        if self.sidecar.draining:
+            self.set_status(503)
+            self.write({'status': 'draining'})
+        elif listener.ready:
             self.write({'status': 'ready'})
         else:
             self.set_status(503)
@@ -103,6 +106,7 @@ class Sidecar:
         self._server: Optional[tornado.httpserver.HTTPServer] = None
         self._listener_task: Optional[asyncio.Task] = None
         self._stopped = False
+        self.draining = False
         self.port: Optional[int] = None
 
     def _routes(self):
@@ -148,6 +152,20 @@ class Sidecar:
             component.schedule(self.scheduler)
         self.scheduler.start()
         log.info('serving on http://%s:%s', self.settings.host, self.port)
+
+    async def drain(self) -> None:
+        """Turn /readyz to 503 and wait SIDECAR_DRAIN_SECONDS; stop() comes next.
+
+        A load balancer that health-checks /readyz takes the replica out during
+        the wait and sends new clients elsewhere; connected clients are served
+        until stop() closes their sockets, and then reconnect (through the
+        balancer, to another replica) and recover what they missed.
+        """
+        self.draining = True
+        seconds = self.settings.drain_seconds
+        log.info('draining: /readyz answers 503; closing the sockets in %g s', seconds)
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     async def stop(self) -> None:
         if self._stopped:

@@ -197,7 +197,13 @@ class Listener:
         the operation is left to fail on its own.
         """
         task = asyncio.ensure_future(aw)
-        done, _ = await asyncio.wait({task}, timeout=timeout or self._timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout or self._timeout)
+        except asyncio.CancelledError:
+            # stopping: stop() closed the connection under the operation, which
+            # fails after we are gone; collect that failure (no "never retrieved")
+            task.add_done_callback(_swallow)
+            raise
         if task in done:
             return task.result()
         task.add_done_callback(_swallow)

@@ -86,8 +86,13 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def run_sidecar(settings, *, on_ready=None) -> None:
-    """Start a sidecar, call ``on_ready(sidecar)``, serve until SIGINT/SIGTERM, stop it."""
+async def run_sidecar(settings, *, on_ready=None, drain=True) -> None:
+    """Start a sidecar, call ``on_ready(sidecar)``, serve until a signal, stop it.
+
+    SIGTERM (a deploy, ``docker stop``): drain first (``Sidecar.drain``: /readyz
+    503 for ``SIDECAR_DRAIN_SECONDS`` while clients are still served), then
+    stop. SIGINT (Ctrl-C), or a second signal during the drain: stop at once.
+    """
     from .app import Sidecar
     sidecar = Sidecar(settings)
     try:
@@ -97,10 +102,16 @@ async def run_sidecar(settings, *, on_ready=None) -> None:
             raise PortInUse(port_in_use_message(settings.host, settings.port)) from None
         raise
     stop = asyncio.Event()
+    signals = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig):
+        signals.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
     if on_ready is not None:
@@ -108,6 +119,15 @@ async def run_sidecar(settings, *, on_ready=None) -> None:
     tune_gc()
     try:
         await stop.wait()
+        if drain and signals[0] == signal.SIGTERM:
+            stop.clear()
+            draining = asyncio.ensure_future(sidecar.drain())
+            again = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([draining, again], return_when=asyncio.FIRST_COMPLETED)
+            again.cancel()
+            if not draining.done():
+                log.info('second signal: stopping now')
+                draining.cancel()   # only its wait: stop() below does the closing
     finally:
         log.info('shutting down')
         await sidecar.stop()

@@ -157,6 +157,9 @@ SETTINGS: Tuple[Setting, ...] = (
             'clients that connected together are not pinged in one burst.', _float_range(1, 3600)),
     Setting('ping_timeout_seconds', '20', 'How long a client may take to answer a ping before it is '
             'dropped (socket.io\'s pingTimeout).', _float_range(1, 3600)),
+    Setting('drain_seconds', '5', 'On SIGTERM, how long /readyz answers 503 before the sockets are '
+            'closed, so a load balancer stops sending new clients first (longer than its health '
+            'check interval x fall count). 0 = close at once.', _float_range(0, 600)),
     Setting('log_level', 'INFO', 'DEBUG, INFO, WARNING or ERROR.', _log_level),
     Setting('journal_retention_hours', '24', 'How long changes stay in the journal (and a '
             'disconnected client can catch up).', _float_range(0.01, 24 * 365)),

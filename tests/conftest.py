@@ -239,6 +239,8 @@ def sidecar_env(database: Database, **extra) -> Dict[str, str]:
         'SIDECAR_LISTENER_TIMEOUT_SECONDS': '2',
         'SIDECAR_LISTENER_MAX_BACKOFF_SECONDS': '1',
         'SIDECAR_LOG_LEVEL': 'INFO',
+        # no load balancer to drain from: a test's SIGTERM stops at once
+        'SIDECAR_DRAIN_SECONDS': '0',
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env

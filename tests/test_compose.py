@@ -13,8 +13,15 @@
   answer 200, and the compose health check command must pass (and fail with
   nothing listening).
 
-Not validated: building the image, the postgres image itself, networking
-between containers, restart policies.
+* The ``scale`` profile (three replicas behind HAProxy) resolves with the
+  same parser, its replicas are the same service as the default one, and
+  deploy/haproxy.cfg, which the haproxy service mounts, names exactly those
+  replicas, is accepted by Debian's ``haproxy -c`` and keeps its idle
+  timeouts above what Socket.IO's pings need. tests/test_scale_haproxy.py
+  runs that file for real in front of three ``crm-realtime serve``.
+
+Not validated: building the image, the postgres and haproxy images
+themselves, networking between containers, restart policies.
 """
 import fnmatch
 import json
@@ -152,6 +159,7 @@ def project(tmp_path):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / 'sql', tmp_path / 'sql')
     (tmp_path / 'deploy').mkdir()
+    shutil.copy(ROOT / 'deploy' / 'haproxy.cfg', tmp_path / 'deploy' / 'haproxy.cfg')
     postgres_env = (ROOT / 'deploy' / 'postgres.env.example').read_text()
     (tmp_path / 'deploy' / 'postgres.env').write_text(
         postgres_env.replace('POSTGRES_PASSWORD=\n', f'POSTGRES_PASSWORD={DB_PASSWORD}\n'))
@@ -180,10 +188,11 @@ def init_scripts(service):
         (t, s, ro) for s, t, ro in volumes(service) if t.startswith('/docker-entrypoint-initdb.d/'))]
 
 
-def compose_config(project):
+def compose_config(project, *profiles):
     env = {k: v for k, v in os.environ.items() if not k.startswith(('COMPOSE_', 'DOCKER_'))}
     result = subprocess.run([DOCKER_COMPOSE, '--project-directory', str(project),
-                             '-f', str(project / 'docker-compose.yml'), 'config'],
+                             '-f', str(project / 'docker-compose.yml'),
+                             *[a for p in profiles for a in ('--profile', p)], 'config'],
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -276,3 +285,105 @@ def test_image_command_serves_readyz_with_the_compose_environment(project, empty
     finally:
         sidecar.stop()
     assert SECRET not in sidecar.log() and DB_PASSWORD not in sidecar.log()
+
+
+# --------------------------------------------------------------------------- scale profile
+
+HAPROXY = shutil.which('haproxy') or ('/usr/sbin/haproxy' if os.access('/usr/sbin/haproxy', os.X_OK) else None)
+
+
+def haproxy_cfg():
+    """{section header: [lines]} of deploy/haproxy.cfg, comments dropped."""
+    sections, current = {}, None
+    for raw in (ROOT / 'deploy' / 'haproxy.cfg').read_text().splitlines():
+        line = raw.split('#', 1)[0].rstrip()
+        if not line:
+            continue
+        if not line[0].isspace():
+            current = line.strip()
+            sections[current] = []
+        else:
+            sections[current].append(line.strip())
+    return sections
+
+
+def seconds(value):
+    units = {'ms': 0.001, 's': 1, 'm': 60, 'h': 3600, 'd': 86400}
+    number, unit = re.fullmatch(r'(\d+)(ms|s|m|h|d)?', value).groups()
+    return int(number) * units[unit or 'ms']
+
+
+@needs_compose
+def test_scale_profile_runs_three_replicas_behind_haproxy(project):
+    default = compose_config(project)['services']
+    config = compose_config(project, 'scale')
+    services = config['services']
+    replicas = ['sidecar', 'sidecar-2', 'sidecar-3']
+    assert set(services) == {'postgres', 'haproxy', *replicas}
+    # without the profile, only the default replica (docker-compose 1.29's
+    # `config` lists every service; `up` starts profiled ones only when asked)
+    assert 'profiles' not in default['sidecar']
+    assert all(services[name]['profiles'] == ['scale'] for name in ('sidecar-2', 'sidecar-3', 'haproxy'))
+
+    first = services['sidecar']
+    for name in replicas[1:]:
+        twin = services[name]
+        for key in ('build', 'image', 'environment', 'depends_on', 'healthcheck', 'stop_grace_period'):
+            assert twin[key] == first[key], (name, key)
+        assert 'ports' not in twin        # reached through haproxy only
+    # the drain (SIGTERM: /readyz 503 for SIDECAR_DRAIN_SECONDS) fits in the grace period
+    from sidecar.settings import load_settings
+    drain = load_settings(dict(first['environment'], SIDECAR_DATABASE_URL='postgresql://x@y/z')).drain_seconds
+    assert drain + 5 <= seconds(first['stop_grace_period'])
+
+    proxy = services['haproxy']
+    assert proxy['image'].startswith('haproxy:')
+    mounts = {target: (Path(source), ro) for source, target, ro in volumes(proxy)}
+    assert mounts['/usr/local/etc/haproxy/haproxy.cfg'] == (project / 'deploy' / 'haproxy.cfg', True)
+    assert proxy['depends_on'] == {name: {'condition': 'service_healthy'} for name in replicas}
+    (port,) = proxy['ports']
+    published = port['published'] if isinstance(port, dict) else port.split(':')[0]
+    assert str(published) == '3000'
+
+    cfg = haproxy_cfg()
+    backend = cfg['backend sidecar']
+    servers = [line.split()[1:3] for line in backend if line.startswith('server ')]
+    assert [address for _, address in servers] == [f'{name}:{image_env()["SIDECAR_PORT"]}' for name in replicas]
+    assert 'option httpchk GET /readyz' in backend and 'http-check expect status 200' in backend
+    assert 'bind :3000' in cfg['frontend crm']
+    assert 'use_backend sidecar if { path_beg /socket.io/ }' in cfg['frontend crm']
+    # polling stays on the replica that made its session
+    assert 'stick on url_param(sid)' in backend
+    assert any(line.startswith('stick store-response ') and "json_query('$.sid')" in line for line in backend)
+    # HAProxy marks a draining replica down before its sockets close
+    check = dict(re.findall(r'\b(inter|fall|rise) (\w+)', next(l for l in backend if l.startswith('default-server'))))
+    assert seconds(check['inter']) * int(check['fall']) < drain
+
+    # idle timeouts: above a long poll (ping interval) and a quiet websocket (interval + timeout)
+    settings = load_settings({'SIDECAR_DATABASE_URL': 'postgresql://x@y/z', 'SIDECAR_JWT_SECRET': SECRET})
+    quiet = settings.ping_interval_seconds + settings.ping_timeout_seconds
+    timeouts = {line.split()[1]: seconds(line.split()[2]) for line in cfg['defaults'] if line.startswith('timeout ')}
+    assert min(timeouts['client'], timeouts['server'], timeouts['tunnel']) > quiet
+    assert 'option forwardfor' in cfg['defaults']
+    # no engine.io sid in HAProxy's log: the path without its query string
+    assert not [line for section in cfg.values() for line in section if line.startswith('option httplog')]
+    (log_format,) = [line for line in cfg['frontend crm'] if line.startswith('log-format ')]
+    assert '%HPO' in log_format and not re.search(r'%(\{[^}]*\})?(r|HU|HQ)\b', log_format)
+
+
+@pytest.mark.skipif(HAPROXY is None and not os.environ.get('CI'), reason='needs haproxy (apt install haproxy)')
+def test_haproxy_cfg_passes_haproxy_check_and_a_typo_does_not(tmp_path):
+    assert HAPROXY, 'haproxy is required in CI (.ci/run installs it)'
+    result = subprocess.run([HAPROXY, '-c', '-f', str(ROOT / 'deploy' / 'haproxy.cfg')],
+                            capture_output=True, text=True, timeout=30)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and 'Configuration file is valid' in output, output
+    # the only warnings: compose service names that do not resolve on this machine
+    warnings = [line for line in output.splitlines() if '[WARNING]' in line and 'Warnings were found' not in line]
+    assert all('could not resolve address' in line for line in warnings), warnings
+    assert not [line for line in output.splitlines() if '[ALERT]' in line]
+
+    broken = tmp_path / 'haproxy.cfg'
+    broken.write_text((ROOT / 'deploy' / 'haproxy.cfg').read_text().replace('timeout tunnel 1h', 'timeout tunel 1h'))
+    result = subprocess.run([HAPROXY, '-c', '-f', str(broken)], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and 'tunel' in result.stdout + result.stderr

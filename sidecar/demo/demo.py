@@ -178,5 +178,5 @@ def _run(args, settings, embedded: bool, temporary: bool) -> int:
                                                       u.email, ttl), links))
         announce(sidecar.port, page=True)
 
-    asyncio.run(run_sidecar(settings, on_ready=on_ready))
+    asyncio.run(run_sidecar(settings, on_ready=on_ready, drain=False))
     return 0
