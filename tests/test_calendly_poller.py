@@ -256,6 +256,26 @@ async def test_one_poll_of_a_connection_at_a_time_across_replicas(database, fake
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_replicas_poll_each_connection_once_per_interval(database, fake_calendly, make_sidecar):
+    """Each replica runs the scheduled job; a connection polled by one is skipped by the others."""
+    sc1, component1, connection = await start(database, make_sidecar, fake_calendly)
+    replicas = [component1] + [component_of(await make_sidecar(database, **calendly_env(fake_calendly)))
+                               for _ in range(2)]
+    fake_calendly.book(TOKEN, email='dana@example.com', name='Dana Reyes', start=soon())
+    for component in replicas:            # the three scheduled runs of one interval, one after another
+        await component.poll_all()
+    assert fake_calendly.count('GET', EVENTS) == 1
+    assert database.execute('SELECT count(*) FROM prospects') == [(1,)]
+    # an operator's `calendly poll` (no gap) still polls at once
+    assert (await replicas[1].poller.poll_connection(connection.id)).polled
+    assert fake_calendly.count('GET', EVENTS) == 2
+    # once the interval has passed (calendly_env's is a day), the next scheduled run polls again
+    database.execute("UPDATE crm_realtime.calendly_connection SET last_poll_at = now() - interval '2 days'")
+    await replicas[2].poll_all()
+    assert fake_calendly.count('GET', EVENTS) == 3
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_the_scheduled_job_polls_on_its_interval(database, fake_calendly, make_sidecar, clients):
     sc = await make_sidecar(database, **calendly_env(fake_calendly, SIDECAR_CALENDLY_POLL_SECONDS='5'))
     fake_calendly.add_user(TOKEN)

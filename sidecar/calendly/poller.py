@@ -4,6 +4,9 @@ Each run, for every active connection (a few at a time):
 
 1. take the connection's poll lock (a PostgreSQL advisory lock), or skip it
    when another replica is polling it - never two polls of one connection;
+   a scheduled run also skips a connection another replica polled less than
+   ``min_gap`` ago (``last_poll_at``, read under the lock), so N replicas
+   poll each connection about once per interval, not N times;
 2. list its scheduled events of every status whose start is at or after
    ``watermark - SIDECAR_CALENDLY_LOOKBACK_HOURS``, every page;
 3. for each event that changed since the last poll (status, update time or
@@ -47,6 +50,7 @@ POLL_CONCURRENCY = 3
 class PollResult:
     connection_id: str
     locked_out: bool = False        # another process was polling it
+    recent: bool = False            # polled (by any replica) less than min_gap ago
     polled: bool = False            # it was active and this process polled it
     events: int = 0                 # scheduled events listed
     events_fetched: int = 0         # events whose invitees were fetched
@@ -74,18 +78,18 @@ class Poller:
         self.page_size = page_size
         self._semaphore = asyncio.Semaphore(concurrency)
 
-    async def poll_all(self):
-        """One scheduled run: poll every active connection."""
+    async def poll_all(self, min_gap: Optional[timedelta] = None):
+        """Poll every active connection (those polled less than ``min_gap`` ago excepted)."""
         connections = await self.store.list(status=ACTIVE)
-        results = await asyncio.gather(*(self._bounded(c.id) for c in connections))
+        results = await asyncio.gather(*(self._bounded(c.id, min_gap) for c in connections))
         return list(results)
 
-    async def _bounded(self, connection_id: str) -> PollResult:
+    async def _bounded(self, connection_id: str, min_gap) -> PollResult:
         async with self._semaphore:
-            return await self.poll_connection(connection_id)
+            return await self.poll_connection(connection_id, min_gap)
 
-    async def poll_connection(self, connection_id: str) -> PollResult:
-        """Poll one connection now (unless another process holds its lock).
+    async def poll_connection(self, connection_id: str, min_gap: Optional[timedelta] = None) -> PollResult:
+        """Poll one connection now (unless another process holds its lock, or polled it recently).
 
         Every statement of the poll runs on the pooled connection that holds the lock.
         """
@@ -99,6 +103,12 @@ class Poller:
             if connection is None or connection.status != ACTIVE:
                 return result
             started = datetime.now(timezone.utc)
+            if min_gap is not None and connection.last_poll_at is not None \
+                    and started - connection.last_poll_at < min_gap:
+                result.recent = True
+                log.debug('calendly connection %s: polled %s ago; skipped', connection_id,
+                          started - connection.last_poll_at)
+                return result
             result.polled = True
             try:
                 await self._poll(connection, result, conn)
