@@ -226,7 +226,7 @@ async def test_scheduled_jobs_interrupted_by_shutdown_end_quietly(database, make
     sc = await make_sidecar(database)
     (calendly,) = sc.components
 
-    async def never_ending():
+    async def never_ending(**kwargs):
         await asyncio.Event().wait()
 
     calendly.poller.poll_all = never_ending
