@@ -20,13 +20,39 @@ Failure policy (what happens when the listener dies):
   is delivered, once, in commit order. Nothing is written to the CRM's tables,
   and the CRM's writes never wait for us: NOTIFY does not block on listeners.
 * Only ``stop()`` ends the loop; the process stays up and keeps retrying.
+  The backoff grows until a journal read succeeds, so a database where the
+  DBA step is missing (no ``crm_realtime`` schema, a missing grant) is retried
+  at the cap, and ``last_error`` (shown by ``/readyz``) and the log say in one
+  sentence what to run (``hint``).
+
+Wake-ups without a NOTIFY per commit (see the notify block of sql/install.sql):
+
+* While the listener holds advisory lock ``LOCK_KEY`` exclusively, writing
+  transactions skip their NOTIFY (a notifying commit takes a cluster-wide lock
+  through its WAL flush, so notifying transactions commit one at a time).
+* It holds the lock while the snapshot of its last read shows *young*
+  transactions in progress (first seen less than ``young_seconds`` ago): any of
+  them may be a writer that skipped its NOTIFY, so it reads again after
+  ``follow_min_seconds``, doubling to ``follow_max_seconds`` while reads find
+  nothing, until those transactions have ended.
+* When no young transaction is left it releases the lock and then reads once
+  more: a writer that saw the lock held had its transaction id before the
+  release, so it is in that read's rows or in its in-progress list. While only
+  old transactions remain in progress, it reads every ``old_poll_seconds``
+  (writers notify again meanwhile); with none, it waits for a NOTIFY or the
+  idle check. So no change waits for the idle timer, and the CRM's commits do
+  not queue behind NOTIFY's lock while the sidecar is busy anyway.
+* Every ``mapping_check_seconds`` it reads ``crm_realtime.mapping_status``:
+  ``mapping_problems`` (one sentence each) is what /readyz shows and the log
+  warns about when it changes; gauge ``crm_realtime_mapping_problems``.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-from typing import Awaitable, Callable, List, Optional
+import time
+from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
 import psycopg
 
@@ -36,6 +62,38 @@ from .events import Change
 log = logging.getLogger('crm_realtime.listener')
 
 CHANNEL = 'crm_realtime'
+#: advisory lock (two int4 keys) held by a listener that is reading anyway;
+#: sql/install.sql's trigger functions test it. Per database.
+LOCK_KEY = (1668443506, 1)
+
+MAPPING_SQL = ('SELECT "detail" FROM "crm_realtime"."mapping_status" '
+               'WHERE "state" <> \'ok\' ORDER BY 1')
+
+
+def _in_progress(snapshot: str) -> Tuple[int, ...]:
+    """The in-progress transaction ids of a pg_snapshot text (``xmin:xmax:xip,...``)."""
+    xip = snapshot.rsplit(':', 1)[1]
+    return tuple(int(x) for x in xip.split(',')) if xip else ()
+
+
+def explain(exc: BaseException, database: str, role: str) -> Optional[str]:
+    """One sentence naming the DBA step that fixes ``exc``, when it is a setup problem."""
+    text = str(exc)
+    if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName,
+                        psycopg.errors.UndefinedFunction)) and 'crm_realtime' in text:
+        return (f'the crm_realtime schema is not installed in database "{database}": as the DBA, run '
+                f'sql/install.sql (psql -v ON_ERROR_STOP=1 -d {database} -f sql/install.sql) '
+                f'or crm-realtime install-sql')
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        if 'schema crm_realtime' in text:
+            grant = f'GRANT USAGE ON SCHEMA crm_realtime TO "{role}"'
+        else:
+            grant = (f'GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, '
+                     f'crm_realtime.watched_table, crm_realtime.mapping_status TO "{role}"')
+        first = text.splitlines()[0] if text else 'permission denied'
+        return (f'database role "{role}" cannot read the journal ({first}): as the DBA, run '
+                f'{grant} (sql/README.md, step 4)')
+    return None
 
 def _swallow(task: asyncio.Future) -> None:
     if not task.cancelled():
@@ -73,8 +131,32 @@ class Listener:
         self.position: Optional[str] = None     # snapshot everything before which was dispatched
         self.reconnects = 0
         self.last_error: Optional[str] = None
+        self.hint: Optional[str] = None           # the DBA step that fixes last_error, if known
+        #: sentences from crm_realtime.mapping_status (None: not read yet / not readable)
+        self.mapping_problems: Optional[List[str]] = None
+        self.reads = 0
+        self.holding_lock = False
         self._advanced = asyncio.Event()
         self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
+        self._attempt = 0
+        self._seen: Dict[int, float] = {}      # in-progress xid -> when first seen
+        self._found = False                    # did the last read return rows?
+        self._mapping_at = 0.0
+        self._mapping_unreadable = False
+        self._mapping_gauge = None
+        if metrics is not None:
+            from prometheus_client import Gauge
+            self._mapping_gauge = Gauge(
+                'crm_realtime_mapping_problems',
+                'Mapped columns of watched tables that are missing, renamed or stale '
+                '(crm_realtime.mapping_status; -1: not readable)', registry=metrics.registry)
+
+    # how the listener follows writers that skipped their NOTIFY (see the module doc)
+    young_seconds = 1.0
+    follow_min_seconds = 0.001
+    follow_max_seconds = 0.008
+    old_poll_seconds = 0.1
+    mapping_check_seconds = 30.0
 
     async def wait_advanced(self, timeout: float) -> bool:
         """Wait until the next journal read completes; False on timeout."""
@@ -88,11 +170,10 @@ class Listener:
     async def run(self, on_changes: OnChanges) -> None:
         """Read the journal until ``stop()``, handing every batch to ``on_changes``."""
         self._on_changes = on_changes
-        attempt, delay = 0, 0.0
+        delay = 0.0
         while not self._stopping:
             try:
                 await self._connect()
-                attempt = 0
                 await self._serve()
             except asyncio.CancelledError:
                 raise
@@ -100,19 +181,26 @@ class Listener:
                 if self._stopping:
                     break
                 self.ready = False
+                self.holding_lock = False
                 self.reconnects += 1
                 if self._metrics:
                     self._metrics.listener_reconnects.inc()
-                self.last_error = f'{exc.__class__.__name__}: {exc}'.strip()
-                delay = min(self._max_backoff, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
-                attempt = min(attempt + 1, 16)
-                log.warning('listener connection lost (%s); reconnecting in %.2fs',
-                            self.last_error, delay)
+                # the backoff grows until a read succeeds (see _serve), not merely a connect
+                delay = min(self._max_backoff, 0.25 * 2 ** self._attempt) * random.uniform(0.5, 1.0)
+                self._attempt = min(self._attempt + 1, 16)
+                self.hint = explain(exc, self._database(), self._role())
+                if self.hint:
+                    self.last_error = self.hint
+                    log.error('listener: %s; retrying in %.1fs', self.hint, delay)
+                else:
+                    self.last_error = f'{exc.__class__.__name__}: {exc}'.strip()
+                    log.warning('listener connection lost (%s); reconnecting in %.2fs',
+                                self.last_error, delay)
             finally:
                 await self._close()
             if not self._stopping:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay if attempt else 0.0)
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay if self._attempt else 0.0)
                 except asyncio.TimeoutError:
                     pass
                 self._wake.clear()
@@ -124,6 +212,19 @@ class Listener:
         if self._readable is not None:
             _resolve(self._readable)
         await self._close()
+
+    def _database(self) -> str:
+        try:
+            return psycopg.conninfo.conninfo_to_dict(self._url).get('dbname') or '?'
+        except psycopg.Error:
+            return '?'
+
+    def _role(self) -> str:
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(self._url)
+        except psycopg.Error:
+            return '?'
+        return info.get('user') or '?'
 
     async def _connect(self) -> None:
         self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
@@ -139,14 +240,81 @@ class Listener:
 
     async def _serve(self) -> None:
         conn = self._conn
+        self._seen = {}
         await self._read()          # catch up on whatever committed while we were away
+        self._attempt = 0           # the journal is readable: a later failure starts the backoff anew
+        if self.hint:
+            log.info('listener: the journal is readable now')
+        self.hint = None
+        await self._check_mapping(conn)
+        delay = self.follow_min_seconds
         while not self._stopping:
-            woke = await self._notified(conn, self._check)
+            now = time.monotonic()
+            young = any(now - t < self.young_seconds for t in self._seen.values())
+            if young:
+                # writers may be skipping their NOTIFY: read again soon
+                if not self.holding_lock:
+                    await self._lock(conn)
+                delay = self.follow_min_seconds if self._found else min(delay * 2, self.follow_max_seconds)
+                await self._notified(conn, delay)
+            elif self.holding_lock:
+                await self._unlock(conn)
+                # read once more after the release: a writer that saw the lock
+                # held is in this read's rows or its in-progress list
+            else:
+                delay = self.follow_min_seconds
+                timeout = min(self.old_poll_seconds, self._check) if self._seen else self._check
+                woke = await self._notified(conn, timeout)
+                if self._stopping:
+                    return
+                if not woke and not self._seen:
+                    await self._bounded(conn.execute('SELECT 1'))
             if self._stopping:
                 return
-            if not woke:
-                await self._bounded(conn.execute('SELECT 1'))
             await self._read()
+            if now - self._mapping_at >= self.mapping_check_seconds:
+                await self._check_mapping(conn)
+
+    async def _lock(self, conn) -> None:
+        cur = await self._bounded(conn.execute('SELECT pg_catalog.pg_try_advisory_lock(%s, %s)', LOCK_KEY))
+        self.holding_lock = bool((await cur.fetchone())[0])
+
+    async def _unlock(self, conn) -> None:
+        await self._bounded(conn.execute('SELECT pg_catalog.pg_advisory_unlock(%s, %s)', LOCK_KEY))
+        self.holding_lock = False
+
+    async def _check_mapping(self, conn) -> None:
+        """Read crm_realtime.mapping_status; a failure here never takes the listener down."""
+        self._mapping_at = time.monotonic()
+        try:
+            cur = await self._bounded(conn.execute(MAPPING_SQL))
+            problems = [row[0] for row in await cur.fetchall()]
+        except psycopg.errors.UndefinedTable:
+            problems = None
+            note = 'crm_realtime.mapping_status does not exist: run sql/install.sql again to get it'
+        except psycopg.errors.InsufficientPrivilege:
+            problems = None
+            note = (f'cannot read crm_realtime.mapping_status: as the DBA, run '
+                    f'GRANT SELECT ON crm_realtime.mapping_status TO "{self._role()}"')
+        if problems is None:
+            if not self._mapping_unreadable:       # say it once, not every check
+                log.warning('listener: %s; mapping problems are not reported meanwhile', note)
+            self._mapping_unreadable = True
+            self.mapping_problems = None
+            if self._mapping_gauge is not None:
+                self._mapping_gauge.set(-1)
+            return
+        self._mapping_unreadable = False
+        if problems != (self.mapping_problems or []):
+            for line in problems:
+                if line not in (self.mapping_problems or []):
+                    log.warning('mapping: %s', line)
+            if not problems and self.mapping_problems:
+                log.info('mapping: every mapped column is in place again')
+        self.mapping_problems = problems
+        if self._mapping_gauge is not None:
+            self._mapping_gauge.set(len(problems))
+
 
     async def _notified(self, conn: psycopg.AsyncConnection, timeout: float) -> bool:
         """True when a notification (or anything else from the server) came within ``timeout``.
@@ -185,6 +353,11 @@ class Listener:
         if changes:
             await self._on_changes(before, after, changes)
         self.position = after
+        self.reads += 1
+        self._found = bool(changes)
+        now = time.monotonic()
+        seen = self._seen
+        self._seen = {x: seen.get(x, now) for x in _in_progress(after)}
         self._advanced.set()
         self._advanced = asyncio.Event()
 
