@@ -1,6 +1,7 @@
 """The CRM migrates its schema while it keeps writing: our triggers never block the
 DDL, never fail a write, and capture follows (or degrades to null, loudly)."""
 import asyncio
+import json
 import threading
 import time
 
@@ -144,9 +145,14 @@ async def test_prospects_migrations_under_writes(database, make_sidecar, clients
         if sc.listener.mapping_problems:
             break
         await asyncio.sleep(0.05)
-    assert sc.listener.mapping_problems == [
-        'leads.phone no longer exists: field phone is published as null '
-        '(map it again with crm_realtime.watch())']
+    problem = ('leads.phone no longer exists: field phone is published as null '
+               '(map it again with crm_realtime.watch())')
+    assert sc.listener.mapping_problems == [problem]
+    from tornado.httpclient import AsyncHTTPClient
+    ready = await AsyncHTTPClient().fetch(sc.url + '/readyz')
+    assert json.loads(ready.body) == {'status': 'ready', 'warnings': [problem]}
+    metrics = (await AsyncHTTPClient().fetch(sc.url + '/metrics')).body.decode()
+    assert 'crm_realtime_mapping_problems 1.0' in metrics
 
     database.execute('DROP VIEW prospects')
     result = _psql(database, ROOT / 'sql' / 'uninstall.sql')
