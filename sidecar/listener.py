@@ -27,21 +27,25 @@ Failure policy (what happens when the listener dies):
 
 Wake-ups without a NOTIFY per commit (see the notify block of sql/install.sql):
 
-* While the listener holds advisory lock ``LOCK_KEY`` exclusively, writing
-  transactions skip their NOTIFY (a notifying commit takes a cluster-wide lock
-  through its WAL flush, so notifying transactions commit one at a time).
-* It holds the lock while the snapshot of its last read shows *young*
-  transactions in progress (first seen less than ``young_seconds`` ago): any of
-  them may be a writer that skipped its NOTIFY, so it reads again after
+* A listener waiting for a NOTIFY holds advisory lock ``LOCK_KEY`` in shared
+  mode; writing transactions notify only when some listener holds it (with no
+  sidecar connected nobody is waiting: it reads everything when it connects).
+  A notifying commit takes a cluster-wide lock through its WAL flush, so
+  notifying transactions commit one at a time; skipping NOTIFY while we are
+  reading anyway keeps the CRM's group commit.
+* While the snapshot of its last read shows *young* transactions in progress
+  (first seen less than ``young_seconds`` ago) the listener is *following*:
+  it releases the lock (writers stop notifying it) and reads again after
   ``follow_min_seconds``, doubling to ``follow_max_seconds`` while reads find
-  nothing, until those transactions have ended.
-* When no young transaction is left it releases the lock and then reads once
-  more: a writer that saw the lock held had its transaction id before the
-  release, so it is in that read's rows or in its in-progress list. While only
-  old transactions remain in progress, it reads every ``old_poll_seconds``
-  (writers notify again meanwhile); with none, it waits for a NOTIFY or the
-  idle check. So no change waits for the idle timer, and the CRM's commits do
-  not queue behind NOTIFY's lock while the sidecar is busy anyway.
+  nothing, until those transactions have ended. A writer that skipped its
+  NOTIFY had its transaction id before it probed the lock, so a read taken
+  after that probe has its rows or lists it in progress.
+* When no young transaction is left it takes the lock back and then reads once
+  more (a writer that probed before the lock was back is in that read), and
+  follows again if that read shows one. While only old transactions remain in
+  progress it also reads every ``old_poll_seconds``; with none, it waits for a
+  NOTIFY or the idle check. So no change waits for the idle timer. Replicas
+  each hold the lock while idle, so each idle one is woken.
 * Every ``mapping_check_seconds`` it reads ``crm_realtime.mapping_status``:
   ``mapping_problems`` (one sentence each) is what /readyz shows and the log
   warns about when it changes; gauge ``crm_realtime_mapping_problems``.
@@ -62,8 +66,8 @@ from .events import Change
 log = logging.getLogger('crm_realtime.listener')
 
 CHANNEL = 'crm_realtime'
-#: advisory lock (two int4 keys) held by a listener that is reading anyway;
-#: sql/install.sql's trigger functions test it. Per database.
+#: advisory lock (two int4 keys) a waiting listener holds in shared mode;
+#: sql/install.sql's trigger functions notify only while one does. Per database.
 LOCK_KEY = (1668443506, 1)
 
 MAPPING_SQL = ('SELECT "detail" FROM "crm_realtime"."mapping_status" '
@@ -135,7 +139,7 @@ class Listener:
         #: sentences from crm_realtime.mapping_status (None: not read yet / not readable)
         self.mapping_problems: Optional[List[str]] = None
         self.reads = 0
-        self.holding_lock = False
+        self.following = False     # True while the lock is released (reading anyway)
         self._advanced = asyncio.Event()
         self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
         self._attempt = 0
@@ -181,7 +185,7 @@ class Listener:
                 if self._stopping:
                     break
                 self.ready = False
-                self.holding_lock = False
+                self.following = False
                 self.reconnects += 1
                 if self._metrics:
                     self._metrics.listener_reconnects.inc()
@@ -233,6 +237,9 @@ class Listener:
             connect_timeout=max(2, int(self._timeout))), timeout=self._timeout + 2)
         conn = self._conn
         await self._bounded(conn.execute(f'LISTEN "{CHANNEL}"'))
+        # waiting for wake-ups from here on (the catch-up read in _serve comes after)
+        self.following = True
+        await self._take(conn)
         if self.position is None:
             self.position = await self._bounded(journal.current_snapshot(conn))
         self.ready = True
@@ -241,7 +248,7 @@ class Listener:
     async def _serve(self) -> None:
         conn = self._conn
         self._seen = {}
-        await self._read()          # catch up on whatever committed while we were away
+        await self._read(catch_up=True)     # whatever committed while we were away
         self._attempt = 0           # the journal is readable: a later failure starts the backoff anew
         if self.hint:
             log.info('listener: the journal is readable now')
@@ -252,15 +259,16 @@ class Listener:
             now = time.monotonic()
             young = any(now - t < self.young_seconds for t in self._seen.values())
             if young:
-                # writers may be skipping their NOTIFY: read again soon
-                if not self.holding_lock:
-                    await self._lock(conn)
+                # writers may be running that will not notify: read again soon
+                if not self.following:
+                    await self._release(conn)
                 delay = self.follow_min_seconds if self._found else min(delay * 2, self.follow_max_seconds)
                 await self._notified(conn, delay)
-            elif self.holding_lock:
-                await self._unlock(conn)
-                # read once more after the release: a writer that saw the lock
-                # held is in this read's rows or its in-progress list
+            elif self.following:
+                # take the lock back (writers notify again), then read once more:
+                # a writer that probed before this is in that read
+                if not await self._take(conn):
+                    await self._notified(conn, self.follow_max_seconds)   # a writer's probe: retry
             else:
                 delay = self.follow_min_seconds
                 timeout = min(self.old_poll_seconds, self._check) if self._seen else self._check
@@ -275,13 +283,15 @@ class Listener:
             if now - self._mapping_at >= self.mapping_check_seconds:
                 await self._check_mapping(conn)
 
-    async def _lock(self, conn) -> None:
-        cur = await self._bounded(conn.execute('SELECT pg_catalog.pg_try_advisory_lock(%s, %s)', LOCK_KEY))
-        self.holding_lock = bool((await cur.fetchone())[0])
+    async def _take(self, conn) -> bool:
+        cur = await self._bounded(conn.execute('SELECT pg_catalog.pg_try_advisory_lock_shared(%s, %s)',
+                                               LOCK_KEY))
+        self.following = not (await cur.fetchone())[0]
+        return not self.following
 
-    async def _unlock(self, conn) -> None:
-        await self._bounded(conn.execute('SELECT pg_catalog.pg_advisory_unlock(%s, %s)', LOCK_KEY))
-        self.holding_lock = False
+    async def _release(self, conn) -> None:
+        await self._bounded(conn.execute('SELECT pg_catalog.pg_advisory_unlock_shared(%s, %s)', LOCK_KEY))
+        self.following = True
 
     async def _check_mapping(self, conn) -> None:
         """Read crm_realtime.mapping_status; a failure here never takes the listener down."""
@@ -345,11 +355,13 @@ class Listener:
         await _drain(conn)
         return True
 
-    async def _read(self) -> None:
+    async def _read(self, catch_up: bool = False) -> None:
         before = self.position
-        # A long catch-up may legitimately take longer than a probe.
+        # A long catch-up may legitimately take longer than a probe; a live read
+        # is bounded like a probe, so a backend that stops answering in the
+        # middle of the follow-up reads is found as fast as an idle one.
         after, changes = await self._bounded(journal.read_since(self._conn, before),
-                                             self._timeout * 6)
+                                             self._timeout * (6 if catch_up else 1))
         if changes:
             await self._on_changes(before, after, changes)
         self.position = after

@@ -165,20 +165,25 @@ BEGIN
     v_new := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'n');
     v_old := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'o');
 
-    -- The wake-up. Only when the sidecar is not already reading: while it is
-    -- (it holds advisory lock 1668443506/1 exclusively, see sidecar/listener.py)
-    -- it keeps reading until every transaction that was running at its last read
-    -- has ended, so this transaction's rows are read without a NOTIFY. Skipping
-    -- NOTIFY matters: a notifying commit takes a cluster-wide lock through its WAL
-    -- flush, so notifying transactions commit one at a time.
+    -- The wake-up, sent only when some sidecar is waiting for one. A waiting
+    -- (idle) listener holds advisory lock 1668443506/1 in shared mode; a listener
+    -- that is reading anyway releases it and keeps reading until every
+    -- transaction that was running at its last read has ended (see
+    -- sidecar/listener.py), so this transaction's rows are read without a NOTIFY.
+    -- The probe is one expression (take the lock exclusively and give it back at
+    -- once), so no interrupt can fall between the two calls. Skipping NOTIFY
+    -- matters: a notifying commit takes a cluster-wide lock through its WAL
+    -- flush, so notifying transactions commit one at a time. With no sidecar
+    -- connected at all there is nobody to wake either: it reads everything that
+    -- committed meanwhile when it connects.
     -- And never when PostgreSQL's NOTIFY queue is filling up (a listener stuck
     -- in a long transaction holds it back): past the threshold a notifying
     -- commit could fail with "too many notifications in the NOTIFY queue", a CRM
     -- write failing because of us. The sidecar reads on its timer anyway.
     -- Threshold: setting crm_realtime.notify_max_queue_usage (0..1, default 0.5).
     v_notify := $n$
-    IF pg_catalog.pg_try_advisory_lock_shared(1668443506, 1) THEN
-        PERFORM pg_catalog.pg_advisory_unlock_shared(1668443506, 1);
+    IF NOT (pg_catalog.pg_try_advisory_lock(1668443506, 1)
+            AND pg_catalog.pg_advisory_unlock(1668443506, 1)) THEN
         v_max := pg_catalog.current_setting('crm_realtime.notify_max_queue_usage', true);
         IF pg_catalog.pg_notification_queue_usage() <
            (CASE WHEN v_max ~ '^(0|1|0?\.[0-9]{1,9}|1\.0{1,9})$' THEN v_max::float8 ELSE 0.5 END) THEN

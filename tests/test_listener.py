@@ -352,10 +352,12 @@ def test_a_missing_grant_is_named(database):
 
 def test_above_the_notify_threshold_the_trigger_sends_no_wakeup(database):
     """crm_realtime.notify_max_queue_usage: pg_notification_queue_usage() at or above it
-    skips the NOTIFY (a full queue would fail the CRM's commit). Nobody holds the
-    listener's lock here, so a write below the threshold does notify."""
+    skips the NOTIFY (a full queue would fail the CRM's commit). The watcher holds
+    the lock an idle listener holds, so a write below the threshold does notify."""
+    from sidecar.listener import LOCK_KEY
     with database.connect() as watcher, database.connect() as writer:
         watcher.execute('LISTEN crm_realtime')
+        watcher.execute('SELECT pg_advisory_lock_shared(%s, %s)', LOCK_KEY)
         for value, notifies in (('0', False), ('1', True), ('0', False),
                                 ('not a number', True), ('1.2.3', True), ('', True)):
             writer.execute(f"SET crm_realtime.notify_max_queue_usage = '{value}'")
@@ -363,6 +365,20 @@ def test_above_the_notify_threshold_the_trigger_sends_no_wakeup(database):
             got = list(watcher.notifies(timeout=0.3, stop_after=1))
             assert bool(got) is notifies, value
     assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(6,)]
+
+
+def test_no_wakeup_is_sent_when_no_listener_waits(database):
+    """Nobody holds the idle listener's lock (no sidecar, or every one is reading
+    anyway): the trigger sends no NOTIFY, so the commit does not queue behind
+    NOTIFY's cluster-wide lock."""
+    from sidecar.listener import LOCK_KEY
+    with database.connect() as watcher, database.connect() as writer:
+        watcher.execute('LISTEN crm_realtime')
+        writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'x')")
+        assert list(watcher.notifies(timeout=0.3, stop_after=1)) == []
+        watcher.execute('SELECT pg_advisory_lock_shared(%s, %s)', LOCK_KEY)
+        writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'y')")
+        assert len(list(watcher.notifies(timeout=2, stop_after=1))) == 1
 
 
 @pytest.mark.gen_test(timeout=60)
