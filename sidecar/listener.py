@@ -33,18 +33,20 @@ Wake-ups without a NOTIFY per commit (see the notify block of sql/install.sql):
   A notifying commit takes a cluster-wide lock through its WAL flush, so
   notifying transactions commit one at a time; skipping NOTIFY while we are
   reading anyway keeps the CRM's group commit.
-* While the snapshot of its last read shows *young* transactions in progress
-  (first seen less than ``young_seconds`` ago) the listener is *following*:
-  it releases the lock (writers stop notifying it) and reads again after
+* When a read after a wake-up finds changes while other transactions are in
+  progress, the CRM is busy writing: the listener starts *following*. It
+  releases the lock (writers stop notifying it) and reads again after
   ``follow_min_seconds``, doubling to ``follow_max_seconds`` while reads find
-  nothing, until those transactions have ended. A writer that skipped its
-  NOTIFY had its transaction id before it probed the lock, so a read taken
-  after that probe has its rows or lists it in progress.
-* When no young transaction is left it takes the lock back and then reads once
-  more (a writer that probed before the lock was back is in that read), and
-  follows again if that read shows one. While only old transactions remain in
-  progress it also reads every ``old_poll_seconds``; with none, it waits for a
-  NOTIFY or the idle check. So no change waits for the idle timer. Replicas
+  nothing. A writer that skipped its NOTIFY had its transaction id before it
+  probed the lock, so any read taken after that probe has its rows or lists it
+  in progress.
+* After ``follow_empty_reads`` reads in a row that find nothing, it takes the
+  lock back (writers notify again), reads once more, and keeps *watching* the
+  transactions that read lists in progress (any of them may have skipped its
+  NOTIFY while the lock was released): it reads again after
+  ``follow_max_seconds``, doubling to ``watch_max_seconds``, until every one
+  of them has ended. New transactions are not watched: they notify. So no
+  change waits for the idle timer; an idle CRM costs no reads; and replicas
   each hold the lock while idle, so each idle one is woken.
 * Every ``mapping_check_seconds`` it reads ``crm_realtime.mapping_status``:
   ``mapping_problems`` (one sentence each) is what /readyz shows and the log
@@ -143,8 +145,9 @@ class Listener:
         self._advanced = asyncio.Event()
         self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
         self._attempt = 0
-        self._seen: Dict[int, float] = {}      # in-progress xid -> when first seen
-        self._found = False                    # did the last read return rows?
+        self._in_progress: Tuple[int, ...] = ()   # transactions running at the last read
+        self._watch: frozenset = frozenset()       # of those, the ones that may not notify
+        self._found = False                        # did the last read return rows?
         self._mapping_at = 0.0
         self._mapping_unreadable = False
         self._mapping_gauge = None
@@ -156,10 +159,10 @@ class Listener:
                 '(crm_realtime.mapping_status; -1: not readable)', registry=metrics.registry)
 
     # how the listener follows writers that skipped their NOTIFY (see the module doc)
-    young_seconds = 1.0
-    follow_min_seconds = 0.001
+    follow_min_seconds = 0.004
     follow_max_seconds = 0.008
-    old_poll_seconds = 0.1
+    follow_empty_reads = 3
+    watch_max_seconds = 0.1
     mapping_check_seconds = 30.0
 
     async def wait_advanced(self, timeout: float) -> bool:
@@ -247,39 +250,48 @@ class Listener:
 
     async def _serve(self) -> None:
         conn = self._conn
-        self._seen = {}
         await self._read(catch_up=True)     # whatever committed while we were away
+        # writers that probed before the lock was taken at connect did not notify
+        self._watch = frozenset(self._in_progress)
         self._attempt = 0           # the journal is readable: a later failure starts the backoff anew
         if self.hint:
             log.info('listener: the journal is readable now')
         self.hint = None
         await self._check_mapping(conn)
-        delay = self.follow_min_seconds
+        delay, empty = self.follow_min_seconds, 0
         while not self._stopping:
             now = time.monotonic()
-            young = any(now - t < self.young_seconds for t in self._seen.values())
-            if young:
-                # writers may be running that will not notify: read again soon
-                if not self.following:
-                    await self._release(conn)
+            if self.following:
+                empty = 0 if self._found else empty + 1
+                if empty >= self.follow_empty_reads:
+                    if await self._take(conn):
+                        # read once more; who was running may have skipped its NOTIFY
+                        await self._read()
+                        self._watch = frozenset(self._in_progress)
+                        delay = self.follow_max_seconds
+                        continue
                 delay = self.follow_min_seconds if self._found else min(delay * 2, self.follow_max_seconds)
                 await self._notified(conn, delay)
-            elif self.following:
-                # take the lock back (writers notify again), then read once more:
-                # a writer that probed before this is in that read
-                if not await self._take(conn):
-                    await self._notified(conn, self.follow_max_seconds)   # a writer's probe: retry
             else:
-                delay = self.follow_min_seconds
-                timeout = min(self.old_poll_seconds, self._check) if self._seen else self._check
+                if self._watch:
+                    timeout = min(delay, self._check)
+                    delay = min(delay * 2, self.watch_max_seconds)
+                else:
+                    timeout = self._check
                 woke = await self._notified(conn, timeout)
                 if self._stopping:
                     return
-                if not woke and not self._seen:
+                if not woke and not self._watch:
                     await self._bounded(conn.execute('SELECT 1'))
             if self._stopping:
                 return
             await self._read()
+            if not self.following:
+                self._watch = self._watch.intersection(self._in_progress)
+                if self._found and self._in_progress:
+                    # busy: follow instead of being woken by every commit
+                    await self._release(conn)
+                    delay, empty = self.follow_min_seconds, 0
             if now - self._mapping_at >= self.mapping_check_seconds:
                 await self._check_mapping(conn)
 
@@ -367,9 +379,7 @@ class Listener:
         self.position = after
         self.reads += 1
         self._found = bool(changes)
-        now = time.monotonic()
-        seen = self._seen
-        self._seen = {x: seen.get(x, now) for x in _in_progress(after)}
+        self._in_progress = _in_progress(after)
         self._advanced.set()
         self._advanced = asyncio.Event()
 
