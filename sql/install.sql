@@ -101,7 +101,8 @@ BEGIN
     SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
     FOR v_trigger IN SELECT tgname FROM pg_catalog.pg_trigger
                       WHERE tgrelid = p_table AND NOT tgisinternal
-                        AND tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update') LOOP
+                        AND tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                                       'crm_realtime_capture_delete') LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
     END LOOP;
     IF w."relation" IS NOT NULL THEN
@@ -151,6 +152,7 @@ DECLARE
     w       "crm_realtime"."watched_table"%ROWTYPE;
     v_new   text;
     v_old   text;
+    v_set   text;
     v_body  text;
     v_notify text;
     v_cols  jsonb := '{}';
@@ -164,6 +166,7 @@ BEGIN
     END IF;
     v_new := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'n');
     v_old := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'o');
+    v_set := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'crm_j');
 
     -- The wake-up, sent only when some sidecar is waiting for one. A waiting
     -- (idle) listener holds advisory lock 1668443506/1 in shared mode; a listener
@@ -203,8 +206,18 @@ DECLARE
     v_org text;
     v_old_org text;
     v_max text;
+    v_rows bigint;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        -- OFFSET 0 keeps the row-to-JSON conversion in the subquery: once per row,
+        -- not once per published field
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+        SELECT 'prospect', 'created', crm_j->>%1$L, %6$s
+          FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
+         WHERE crm_j->>%1$L IS NOT NULL;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows = 0 THEN RETURN NULL; END IF;
+    ELSIF TG_OP = 'INSERT' THEN
         n := pg_catalog.to_jsonb(NEW);
         v_org := n->>%1$L;
         IF v_org IS NULL THEN RETURN NULL; END IF;
@@ -245,17 +258,29 @@ BEGIN
 %5$s
     RETURN NULL;
 END
-$f$, w."org_column", w."pk_column", v_new, v_old, v_notify);
+$f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set);
     ELSE
         v_body := format($f$
 DECLARE
-    n jsonb := pg_catalog.to_jsonb(NEW);
-    v_org text := n->>%1$L;
+    n jsonb;
+    v_org text;
     v_max text;
+    v_rows bigint;
 BEGIN
-    IF v_org IS NULL%5$s THEN RETURN NULL; END IF;
-    INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "user_id", "data")
-    VALUES ('notification', 'created', v_org, %2$s, %3$s);
+    IF TG_LEVEL = 'STATEMENT' THEN
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "user_id", "data")
+        SELECT 'notification', 'created', crm_j->>%1$L, %6$s, %7$s
+          FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
+         WHERE crm_j->>%1$L IS NOT NULL%8$s;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows = 0 THEN RETURN NULL; END IF;
+    ELSE
+        n := pg_catalog.to_jsonb(NEW);
+        v_org := n->>%1$L;
+        IF v_org IS NULL%5$s THEN RETURN NULL; END IF;
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "user_id", "data")
+        VALUES ('notification', 'created', v_org, %2$s, %3$s);
+    END IF;
 %4$s
     RETURN NULL;
 END
@@ -264,7 +289,10 @@ $f$, w."org_column",
      v_new, v_notify,
      -- a user-addressed notification whose user column is gone is not sent to
      -- the whole organization: it is not published at all
-     CASE WHEN w."user_column" IS NULL THEN '' ELSE format(' OR NOT n ? %L', w."user_column") END);
+     CASE WHEN w."user_column" IS NULL THEN '' ELSE format(' OR NOT n ? %L', w."user_column") END,
+     CASE WHEN w."user_column" IS NULL THEN 'NULL' ELSE format('crm_j->>%L', w."user_column") END,
+     v_set,
+     CASE WHEN w."user_column" IS NULL THEN '' ELSE format(' AND crm_j ? %L', w."user_column") END);
     END IF;
 
     -- SECURITY DEFINER: the CRM's roles need no right on our schema, and no
@@ -297,22 +325,61 @@ CREATE OR REPLACE FUNCTION "crm_realtime"."_create_triggers"(p_table regclass)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     w "crm_realtime"."watched_table"%ROWTYPE;
+    v_trigger name;
 BEGIN
     SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
-    IF w."kind" = 'prospect' THEN
-        EXECUTE format(
-            'CREATE TRIGGER %I AFTER INSERT OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture', p_table, w."function_name");
-        -- An UPDATE that changes nothing at all never enters PL/pgSQL.
-        EXECUTE format(
-            'CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD *<> NEW) EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture_update', p_table, w."function_name");
-    ELSE
+    FOR v_trigger IN SELECT tgname FROM pg_catalog.pg_trigger
+                      WHERE tgrelid = p_table AND NOT tgisinternal
+                        AND tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                                       'crm_realtime_capture_delete') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
+    END LOOP;
+    -- INSERT: once per statement, over the statement's new rows (a transition
+    -- table), so a 10,000-row import is one INSERT ... SELECT into the journal,
+    -- not 10,000 function calls. Except on a partition: an INSERT through its
+    -- partitioned parent fires only the parent's statement triggers, so a
+    -- partition gets the row-level trigger (as does anything refusing
+    -- transition tables).
+    IF NOT (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table) THEN
+        BEGIN
+            EXECUTE format(
+                'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS crm_realtime_new '
+                'FOR EACH STATEMENT EXECUTE FUNCTION "crm_realtime".%I()',
+                'crm_realtime_capture', p_table, w."function_name");
+        EXCEPTION WHEN feature_not_supported OR wrong_object_type THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                    WHERE tgrelid = p_table AND tgname = 'crm_realtime_capture') THEN
         EXECUTE format(
             'CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
             'crm_realtime_capture', p_table, w."function_name");
     END IF;
+    IF w."kind" = 'prospect' THEN
+        -- An UPDATE that changes nothing at all never enters PL/pgSQL.
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD *<> NEW) EXECUTE FUNCTION "crm_realtime".%I()',
+            'crm_realtime_capture_update', p_table, w."function_name");
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
+            'crm_realtime_capture_delete', p_table, w."function_name");
+    END IF;
 END
+$$;
+
+-- True when a watched table has the triggers this version creates.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_triggers_current"(p_table regclass, p_kind text)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT count(*) = CASE p_kind WHEN 'prospect' THEN 3 ELSE 1 END
+      FROM pg_catalog.pg_trigger
+     WHERE tgrelid = p_table AND NOT tgisinternal
+       AND ((tgname = 'crm_realtime_capture' AND tgtype & (4 | 8 | 16) = 4
+             AND (tgtype & 1 = 0      -- statement level, or row level on a partition
+                  OR (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table)))
+            OR (tgname = 'crm_realtime_capture_update' AND p_kind = 'prospect' AND tgtype & 16 = 16
+                AND pg_catalog.pg_get_triggerdef(oid) LIKE '%WHEN ((old.* *<> new.*))%')
+            OR (tgname = 'crm_realtime_capture_delete' AND p_kind = 'prospect' AND tgtype & 8 = 8))
 $$;
 
 -- watch(): capture a host table's changes into the journal.
@@ -505,8 +572,9 @@ SELECT w."relation"::text, NULL, NULL,
  WHERE c.oid IS NULL
     OR (SELECT count(*) FROM pg_catalog.pg_trigger AS t
          WHERE t.tgrelid = w."relation" AND NOT t.tgisinternal
-           AND t.tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update'))
-       < CASE w."kind" WHEN 'prospect' THEN 2 ELSE 1 END;
+           AND t.tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                            'crm_realtime_capture_delete'))
+       < CASE w."kind" WHEN 'prospect' THEN 3 ELSE 1 END;
 COMMENT ON VIEW "crm_realtime"."mapping_status" IS
     'State of every mapped column of the watched tables; repair with crm_realtime.repair()';
 
@@ -535,8 +603,6 @@ BEGIN
         END LOOP;
         IF EXISTS (SELECT 1 FROM "crm_realtime"."mapping_status"
                     WHERE "table" = w."relation"::text AND "state" = 'triggers missing') THEN
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture', w."relation");
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_update', w."relation");
             PERFORM "crm_realtime"."_create_triggers"(w."relation");
             RETURN NEXT format('%s: capture triggers created again', w."relation");
         END IF;
@@ -710,15 +776,9 @@ BEGIN
               WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "relation") LOOP
         -- tolerant of columns that went away (unlike watch(), which a DBA calls)
         PERFORM "crm_realtime"."revalidate"(w."relation");
-        -- triggers of an older version (a WHEN clause naming columns) are replaced
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                        WHERE tgrelid = w."relation" AND tgname = 'crm_realtime_capture')
-           OR (w."kind" = 'prospect' AND NOT EXISTS (
-                SELECT 1 FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = w."relation" AND tgname = 'crm_realtime_capture_update'
-                   AND pg_catalog.pg_get_triggerdef(oid) LIKE '%WHEN ((old.* *<> new.*))%')) THEN
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture', w."relation");
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_update', w."relation");
+        -- triggers of an older version (a WHEN clause naming columns, a row-level
+        -- INSERT trigger) are replaced
+        IF NOT "crm_realtime"."_triggers_current"(w."relation", w."kind") THEN
             PERFORM "crm_realtime"."_create_triggers"(w."relation");
         END IF;
     END LOOP;

@@ -1,7 +1,7 @@
 -- crm-realtime: uninstall.
 --
 -- Removes what sql/install.sql (and crm_realtime.watch()) added, and nothing else:
---   * the triggers "crm_realtime_capture" / "crm_realtime_capture_update" on every
+--   * the triggers "crm_realtime_capture" / "_update" / "_delete" on every
 --     table listed in crm_realtime.watched_table,
 --   * the event triggers "crm_realtime_ddl" / "crm_realtime_drop" (a superuser's:
 --     when install.sql ran as one, run this as one too),
@@ -23,6 +23,7 @@ BEGIN
             IF EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = v_rel) THEN
                 EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture', v_rel);
                 EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_update', v_rel);
+                EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_delete', v_rel);
             END IF;
         END LOOP;
     END IF;
