@@ -245,3 +245,40 @@ def test_a_notification_whose_user_column_went_away_is_not_broadcast(database):
     database.execute("INSERT INTO notifications (organization_id, type) VALUES (1, 'private')")
     assert database.execute("SELECT count(*) FROM crm_realtime.journal WHERE kind = 'notification'") == [(0,)]
     assert database.execute("SELECT state FROM crm_realtime.mapping_status WHERE field = '@user'") == [('missing',)]
+
+
+def test_a_non_superuser_install_works_without_the_event_trigger(empty_database):
+    """The owner of the CRM's tables (not a superuser, like an Odoo database user) can
+    install: no event trigger (PostgreSQL reserves them to superusers), a NOTICE
+    saying what to run after a migration, and writes that never fail meanwhile."""
+    db = empty_database
+    role = f'crm_rt_owner_{db.name[-8:]}'
+    db.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        db.execute(f'GRANT CREATE ON DATABASE "{db.name}" TO "{role}"')
+        db.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+        with db.connect() as conn:
+            conn.execute(f'SET ROLE "{role}"')
+            conn.execute(sql_text('examples/reference_crm.sql'))
+            notices = []
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+            conn.execute(sql_text('install.sql'))
+            assert any('not run by a superuser, so no event trigger' in n and
+                       'SELECT * FROM crm_realtime.repair()' in n for n in notices), notices
+            conn.execute('ALTER TABLE prospects RENAME COLUMN email TO email_address')
+            conn.execute("INSERT INTO prospects (organization_id, firstname, email_address) "
+                         "VALUES (1, 'Ada', 'a@x.example')")
+            assert conn.execute("SELECT data->'email', data->>'firstname' FROM crm_realtime.journal"
+                                ).fetchall() == [(None, 'Ada')]
+            assert conn.execute("SELECT state FROM crm_realtime.mapping_status WHERE field = 'email'"
+                                ).fetchall() == [('renamed',)]
+            conn.execute('SELECT * FROM crm_realtime.repair()')
+            conn.execute("INSERT INTO prospects (organization_id, firstname, email_address) "
+                         "VALUES (1, 'Bob', 'b@x.example')")
+            assert conn.execute("SELECT data->>'email' FROM crm_realtime.journal ORDER BY id DESC LIMIT 1"
+                                ).fetchall() == [('b@x.example',)]
+            conn.execute(sql_text('uninstall.sql'))
+        assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'crm_realtime'") == [(0,)]
+    finally:
+        db.execute(f'DROP OWNED BY "{role}" CASCADE')
+        db.execute(f'DROP ROLE "{role}"')
