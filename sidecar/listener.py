@@ -35,9 +35,10 @@ Wake-ups without a NOTIFY per commit (see the notify block of sql/install.sql):
   reading anyway keeps the CRM's group commit.
 * When a read after a wake-up finds changes while other transactions are in
   progress, the CRM is busy writing: the listener starts *following*. It
-  releases the lock (writers stop notifying it) and reads again after
-  ``follow_min_seconds``, doubling to ``follow_max_seconds`` while reads find
-  nothing. A writer that skipped its NOTIFY had its transaction id before it
+  releases the lock (writers stop notifying it) and reads again after a delay
+  between ``follow_min_seconds`` and ``follow_max_seconds``: doubled while reads
+  find fewer than ``follow_batch`` changes, halved when they find four times
+  that, so a read carries a few changes without adding more than the maximum. A writer that skipped its NOTIFY had its transaction id before it
   probed the lock, so any read taken after that probe has its rows or lists it
   in progress.
 * After ``follow_empty_reads`` reads in a row that find nothing, it takes the
@@ -147,7 +148,7 @@ class Listener:
         self._attempt = 0
         self._in_progress: Tuple[int, ...] = ()   # transactions running at the last read
         self._watch: frozenset = frozenset()       # of those, the ones that may not notify
-        self._found = False                        # did the last read return rows?
+        self._found = 0                            # rows the last read returned
         self._mapping_at = 0.0
         self._mapping_unreadable = False
         self._mapping_gauge = None
@@ -159,8 +160,9 @@ class Listener:
                 '(crm_realtime.mapping_status; -1: not readable)', registry=metrics.registry)
 
     # how the listener follows writers that skipped their NOTIFY (see the module doc)
-    follow_min_seconds = 0.004
+    follow_min_seconds = 0.002
     follow_max_seconds = 0.008
+    follow_batch = 4
     follow_empty_reads = 3
     watch_max_seconds = 0.1
     mapping_check_seconds = 30.0
@@ -270,7 +272,12 @@ class Listener:
                         self._watch = frozenset(self._in_progress)
                         delay = self.follow_max_seconds
                         continue
-                delay = self.follow_min_seconds if self._found else min(delay * 2, self.follow_max_seconds)
+                # aim at a few changes per read: fewer reads when changes are
+                # sparse, never more than follow_max_seconds of added delay
+                if self._found >= self.follow_batch * 4:
+                    delay = max(delay / 2, self.follow_min_seconds)
+                elif self._found < self.follow_batch:
+                    delay = min(delay * 2, self.follow_max_seconds)
                 await self._notified(conn, delay)
             else:
                 if self._watch:
@@ -378,7 +385,7 @@ class Listener:
             await self._on_changes(before, after, changes)
         self.position = after
         self.reads += 1
-        self._found = bool(changes)
+        self._found = len(changes)
         self._in_progress = _in_progress(after)
         self._advanced.set()
         self._advanced = asyncio.Event()
