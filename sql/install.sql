@@ -6,10 +6,17 @@
 --   * table  watched_table     which host tables are watched and how their columns map
 --   * function watch(...)      start watching a host table (generates its trigger)
 --   * function unwatch(...)    stop watching a host table
+--   * function repair(...)     after a CRM migration: follow renamed columns, report the rest
+--   * view mapping_status      the state of every mapped column (what the sidecar reports)
 --   * function prune(...)      delete journal rows older than a retention window
 --   * tables calendly_connection, calendly_booking, calendly_event_seen (Calendly connections, processed bookings, poll state)
 --   * for public.prospects and public.notifications, when they exist, the
---     AFTER row triggers "crm_realtime_capture" and their trigger functions.
+--     triggers "crm_realtime_capture" (AFTER INSERT, per statement),
+--     "crm_realtime_capture_update" / "_delete" (prospects, per row) and their
+--     trigger functions.
+-- Outside the schema, and only when run by a superuser: the event triggers
+-- "crm_realtime_ddl" (after ALTER TABLE: re-validate the mapping) and
+-- "crm_realtime_drop" (after DROP TABLE: forget the table).
 -- Touches nothing else: no host table, column or row is altered.
 -- Undo with sql/uninstall.sql.
 --
