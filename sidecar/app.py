@@ -49,7 +49,10 @@ class ReadyHandler(_Base):
             self.set_status(503)
             self.write({'status': 'draining'})
         elif listener.ready:
-            self.write({'status': 'ready'})
+            body = {'status': 'ready'}
+            if listener.mapping_problems:       # degraded capture (crm_realtime.mapping_status)
+                body['warnings'] = listener.mapping_problems
+            self.write(body)
         else:
             self.set_status(503)
             self.write({'status': 'not ready', 'listener': 'down',

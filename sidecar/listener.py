@@ -20,13 +20,46 @@ Failure policy (what happens when the listener dies):
   is delivered, once, in commit order. Nothing is written to the CRM's tables,
   and the CRM's writes never wait for us: NOTIFY does not block on listeners.
 * Only ``stop()`` ends the loop; the process stays up and keeps retrying.
+  The backoff grows until a journal read succeeds, so a database where the
+  DBA step is missing (no ``crm_realtime`` schema, a missing grant) is retried
+  at the cap, and ``last_error`` (shown by ``/readyz``) and the log say in one
+  sentence what to run (``hint``).
+
+Wake-ups without a NOTIFY per commit (see the notify block of sql/install.sql):
+
+* A listener waiting for a NOTIFY holds advisory lock ``LOCK_KEY`` in shared
+  mode; writing transactions notify only when some listener holds it (with no
+  sidecar connected nobody is waiting: it reads everything when it connects).
+  A notifying commit takes a cluster-wide lock through its WAL flush, so
+  notifying transactions commit one at a time; skipping NOTIFY while we are
+  reading anyway keeps the CRM's group commit.
+* When a read after a wake-up finds changes while other transactions are in
+  progress, the CRM is busy writing: the listener starts *following*. It
+  releases the lock (writers stop notifying it) and reads again after a delay
+  between ``follow_min_seconds`` and ``follow_max_seconds``: doubled while reads
+  find fewer than ``follow_batch`` changes, halved when they find four times
+  that, so a read carries a few changes without adding more than the maximum. A writer that skipped its NOTIFY had its transaction id before it
+  probed the lock, so any read taken after that probe has its rows or lists it
+  in progress.
+* After ``follow_empty_reads`` reads in a row that find nothing, it takes the
+  lock back (writers notify again), reads once more, and keeps *watching* the
+  transactions that read lists in progress (any of them may have skipped its
+  NOTIFY while the lock was released): it reads again after
+  ``follow_max_seconds``, doubling to ``watch_max_seconds``, until every one
+  of them has ended. New transactions are not watched: they notify. So no
+  change waits for the idle timer; an idle CRM costs no reads; and replicas
+  each hold the lock while idle, so each idle one is woken.
+* Every ``mapping_check_seconds`` it reads ``crm_realtime.mapping_status``:
+  ``mapping_problems`` (one sentence each) is what /readyz shows and the log
+  warns about when it changes; gauge ``crm_realtime_mapping_problems``.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-from typing import Awaitable, Callable, List, Optional
+import time
+from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
 import psycopg
 
@@ -36,6 +69,38 @@ from .events import Change
 log = logging.getLogger('crm_realtime.listener')
 
 CHANNEL = 'crm_realtime'
+#: advisory lock (two int4 keys) a waiting listener holds in shared mode;
+#: sql/install.sql's trigger functions notify only while one does. Per database.
+LOCK_KEY = (1668443506, 1)
+
+MAPPING_SQL = ('SELECT "detail" FROM "crm_realtime"."mapping_status" '
+               'WHERE "state" <> \'ok\' ORDER BY 1')
+
+
+def _in_progress(snapshot: str) -> Tuple[int, ...]:
+    """The in-progress transaction ids of a pg_snapshot text (``xmin:xmax:xip,...``)."""
+    xip = snapshot.rsplit(':', 1)[1]
+    return tuple(int(x) for x in xip.split(',')) if xip else ()
+
+
+def explain(exc: BaseException, database: str, role: str) -> Optional[str]:
+    """One sentence naming the DBA step that fixes ``exc``, when it is a setup problem."""
+    text = str(exc)
+    if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName,
+                        psycopg.errors.UndefinedFunction)) and 'crm_realtime' in text:
+        return (f'the crm_realtime schema is not installed in database "{database}": as the DBA, run '
+                f'sql/install.sql (psql -v ON_ERROR_STOP=1 -d {database} -f sql/install.sql) '
+                f'or crm-realtime install-sql')
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        if 'schema crm_realtime' in text:
+            grant = f'GRANT USAGE ON SCHEMA crm_realtime TO "{role}"'
+        else:
+            grant = (f'GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, '
+                     f'crm_realtime.watched_table, crm_realtime.mapping_status TO "{role}"')
+        first = text.splitlines()[0] if text else 'permission denied'
+        return (f'database role "{role}" cannot read the journal ({first}): as the DBA, run '
+                f'{grant} (sql/README.md, step 4)')
+    return None
 
 def _swallow(task: asyncio.Future) -> None:
     if not task.cancelled():
@@ -73,8 +138,34 @@ class Listener:
         self.position: Optional[str] = None     # snapshot everything before which was dispatched
         self.reconnects = 0
         self.last_error: Optional[str] = None
+        self.hint: Optional[str] = None           # the DBA step that fixes last_error, if known
+        #: sentences from crm_realtime.mapping_status (None: not read yet / not readable)
+        self.mapping_problems: Optional[List[str]] = None
+        self.reads = 0
+        self.following = False     # True while the lock is released (reading anyway)
         self._advanced = asyncio.Event()
         self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
+        self._attempt = 0
+        self._in_progress: Tuple[int, ...] = ()   # transactions running at the last read
+        self._watch: frozenset = frozenset()       # of those, the ones that may not notify
+        self._found = 0                            # rows the last read returned
+        self._mapping_at = 0.0
+        self._mapping_unreadable = False
+        self._mapping_gauge = None
+        if metrics is not None:
+            from prometheus_client import Gauge
+            self._mapping_gauge = Gauge(
+                'crm_realtime_mapping_problems',
+                'Mapped columns of watched tables that are missing, renamed or stale '
+                '(crm_realtime.mapping_status; -1: not readable)', registry=metrics.registry)
+
+    # how the listener follows writers that skipped their NOTIFY (see the module doc)
+    follow_min_seconds = 0.002
+    follow_max_seconds = 0.008
+    follow_batch = 4
+    follow_empty_reads = 3
+    watch_max_seconds = 0.1
+    mapping_check_seconds = 30.0
 
     async def wait_advanced(self, timeout: float) -> bool:
         """Wait until the next journal read completes; False on timeout."""
@@ -88,11 +179,10 @@ class Listener:
     async def run(self, on_changes: OnChanges) -> None:
         """Read the journal until ``stop()``, handing every batch to ``on_changes``."""
         self._on_changes = on_changes
-        attempt, delay = 0, 0.0
+        delay = 0.0
         while not self._stopping:
             try:
                 await self._connect()
-                attempt = 0
                 await self._serve()
             except asyncio.CancelledError:
                 raise
@@ -100,19 +190,26 @@ class Listener:
                 if self._stopping:
                     break
                 self.ready = False
+                self.following = False
                 self.reconnects += 1
                 if self._metrics:
                     self._metrics.listener_reconnects.inc()
-                self.last_error = f'{exc.__class__.__name__}: {exc}'.strip()
-                delay = min(self._max_backoff, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
-                attempt = min(attempt + 1, 16)
-                log.warning('listener connection lost (%s); reconnecting in %.2fs',
-                            self.last_error, delay)
+                # the backoff grows until a read succeeds (see _serve), not merely a connect
+                delay = min(self._max_backoff, 0.25 * 2 ** self._attempt) * random.uniform(0.5, 1.0)
+                self._attempt = min(self._attempt + 1, 16)
+                self.hint = explain(exc, self._database(), self._role())
+                if self.hint:
+                    self.last_error = self.hint
+                    log.error('listener: %s; retrying in %.1fs', self.hint, delay)
+                else:
+                    self.last_error = f'{exc.__class__.__name__}: {exc}'.strip()
+                    log.warning('listener connection lost (%s); reconnecting in %.2fs',
+                                self.last_error, delay)
             finally:
                 await self._close()
             if not self._stopping:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay if attempt else 0.0)
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay if self._attempt else 0.0)
                 except asyncio.TimeoutError:
                     pass
                 self._wake.clear()
@@ -125,6 +222,19 @@ class Listener:
             _resolve(self._readable)
         await self._close()
 
+    def _database(self) -> str:
+        try:
+            return psycopg.conninfo.conninfo_to_dict(self._url).get('dbname') or '?'
+        except psycopg.Error:
+            return '?'
+
+    def _role(self) -> str:
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(self._url)
+        except psycopg.Error:
+            return '?'
+        return info.get('user') or '?'
+
     async def _connect(self) -> None:
         self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
             self._url, autocommit=True, application_name='crm-realtime listener',
@@ -132,6 +242,9 @@ class Listener:
             connect_timeout=max(2, int(self._timeout))), timeout=self._timeout + 2)
         conn = self._conn
         await self._bounded(conn.execute(f'LISTEN "{CHANNEL}"'))
+        # waiting for wake-ups from here on (the catch-up read in _serve comes after)
+        self.following = True
+        await self._take(conn)
         if self.position is None:
             self.position = await self._bounded(journal.current_snapshot(conn))
         self.ready = True
@@ -139,14 +252,98 @@ class Listener:
 
     async def _serve(self) -> None:
         conn = self._conn
-        await self._read()          # catch up on whatever committed while we were away
+        await self._read(catch_up=True)     # whatever committed while we were away
+        # writers that probed before the lock was taken at connect did not notify
+        self._watch = frozenset(self._in_progress)
+        self._attempt = 0           # the journal is readable: a later failure starts the backoff anew
+        if self.hint:
+            log.info('listener: the journal is readable now')
+        self.hint = None
+        await self._check_mapping(conn)
+        delay, empty = self.follow_min_seconds, 0
         while not self._stopping:
-            woke = await self._notified(conn, self._check)
+            now = time.monotonic()
+            if self.following:
+                empty = 0 if self._found else empty + 1
+                if empty >= self.follow_empty_reads:
+                    if await self._take(conn):
+                        # read once more; who was running may have skipped its NOTIFY
+                        await self._read()
+                        self._watch = frozenset(self._in_progress)
+                        delay = self.follow_max_seconds
+                        continue
+                # aim at a few changes per read: fewer reads when changes are
+                # sparse, never more than follow_max_seconds of added delay
+                if self._found >= self.follow_batch * 4:
+                    delay = max(delay / 2, self.follow_min_seconds)
+                elif self._found < self.follow_batch:
+                    delay = min(delay * 2, self.follow_max_seconds)
+                await self._notified(conn, delay)
+            else:
+                if self._watch:
+                    timeout = min(delay, self._check)
+                    delay = min(delay * 2, self.watch_max_seconds)
+                else:
+                    timeout = self._check
+                woke = await self._notified(conn, timeout)
+                if self._stopping:
+                    return
+                if not woke and not self._watch:
+                    await self._bounded(conn.execute('SELECT 1'))
             if self._stopping:
                 return
-            if not woke:
-                await self._bounded(conn.execute('SELECT 1'))
             await self._read()
+            if not self.following:
+                self._watch = self._watch.intersection(self._in_progress)
+                if self._found and self._in_progress:
+                    # busy: follow instead of being woken by every commit
+                    await self._release(conn)
+                    delay, empty = self.follow_min_seconds, 0
+            if now - self._mapping_at >= self.mapping_check_seconds:
+                await self._check_mapping(conn)
+
+    async def _take(self, conn) -> bool:
+        cur = await self._bounded(conn.execute('SELECT pg_catalog.pg_try_advisory_lock_shared(%s, %s)',
+                                               LOCK_KEY))
+        self.following = not (await cur.fetchone())[0]
+        return not self.following
+
+    async def _release(self, conn) -> None:
+        await self._bounded(conn.execute('SELECT pg_catalog.pg_advisory_unlock_shared(%s, %s)', LOCK_KEY))
+        self.following = True
+
+    async def _check_mapping(self, conn) -> None:
+        """Read crm_realtime.mapping_status; a failure here never takes the listener down."""
+        self._mapping_at = time.monotonic()
+        try:
+            cur = await self._bounded(conn.execute(MAPPING_SQL))
+            problems = [row[0] for row in await cur.fetchall()]
+        except psycopg.errors.UndefinedTable:
+            problems = None
+            note = 'crm_realtime.mapping_status does not exist: run sql/install.sql again to get it'
+        except psycopg.errors.InsufficientPrivilege:
+            problems = None
+            note = (f'cannot read crm_realtime.mapping_status: as the DBA, run '
+                    f'GRANT SELECT ON crm_realtime.mapping_status TO "{self._role()}"')
+        if problems is None:
+            if not self._mapping_unreadable:       # say it once, not every check
+                log.warning('listener: %s; mapping problems are not reported meanwhile', note)
+            self._mapping_unreadable = True
+            self.mapping_problems = None
+            if self._mapping_gauge is not None:
+                self._mapping_gauge.set(-1)
+            return
+        self._mapping_unreadable = False
+        if problems != (self.mapping_problems or []):
+            for line in problems:
+                if line not in (self.mapping_problems or []):
+                    log.warning('mapping: %s', line)
+            if not problems and self.mapping_problems:
+                log.info('mapping: every mapped column is in place again')
+        self.mapping_problems = problems
+        if self._mapping_gauge is not None:
+            self._mapping_gauge.set(len(problems))
+
 
     async def _notified(self, conn: psycopg.AsyncConnection, timeout: float) -> bool:
         """True when a notification (or anything else from the server) came within ``timeout``.
@@ -177,14 +374,19 @@ class Listener:
         await _drain(conn)
         return True
 
-    async def _read(self) -> None:
+    async def _read(self, catch_up: bool = False) -> None:
         before = self.position
-        # A long catch-up may legitimately take longer than a probe.
+        # A long catch-up may legitimately take longer than a probe; a live read
+        # is bounded like a probe, so a backend that stops answering in the
+        # middle of the follow-up reads is found as fast as an idle one.
         after, changes = await self._bounded(journal.read_since(self._conn, before),
-                                             self._timeout * 6)
+                                             self._timeout * (6 if catch_up else 1))
         if changes:
             await self._on_changes(before, after, changes)
         self.position = after
+        self.reads += 1
+        self._found = len(changes)
+        self._in_progress = _in_progress(after)
         self._advanced.set()
         self._advanced = asyncio.Event()
 

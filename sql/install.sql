@@ -6,10 +6,17 @@
 --   * table  watched_table     which host tables are watched and how their columns map
 --   * function watch(...)      start watching a host table (generates its trigger)
 --   * function unwatch(...)    stop watching a host table
+--   * function repair(...)     after a CRM migration: follow renamed columns, report the rest
+--   * view mapping_status      the state of every mapped column (what the sidecar reports)
 --   * function prune(...)      delete journal rows older than a retention window
 --   * tables calendly_connection, calendly_booking, calendly_event_seen (Calendly connections, processed bookings, poll state)
 --   * for public.prospects and public.notifications, when they exist, the
---     AFTER row triggers "crm_realtime_capture" and their trigger functions.
+--     triggers "crm_realtime_capture" (AFTER INSERT, per statement),
+--     "crm_realtime_capture_update" / "_delete" (prospects, per row) and their
+--     trigger functions.
+-- Outside the schema, and only when run by a superuser: the event triggers
+-- "crm_realtime_ddl" (after ALTER TABLE: re-validate the mapping) and
+-- "crm_realtime_drop" (after DROP TABLE: forget the table).
 -- Touches nothing else: no host table, column or row is altered.
 -- Undo with sql/uninstall.sql.
 --
@@ -74,6 +81,12 @@ CREATE TABLE IF NOT EXISTS "crm_realtime"."watched_table" (
     "fields"         jsonb NOT NULL,
     "function_name"  name NOT NULL
 );
+-- What the generated trigger function was written for, per event field (and
+-- "@org", "@user"): {"column": name, "attnum": n, "type": "regtype text"}.
+-- The attribute number is how a renamed column is recognised (PostgreSQL never
+-- reuses one); the type, how a stale function is told from a current one.
+ALTER TABLE "crm_realtime"."watched_table"
+    ADD COLUMN IF NOT EXISTS "columns" jsonb NOT NULL DEFAULT '{}';
 
 -- The event fields of each kind, in contract order (the sidecar's
 -- sidecar/events.py holds the same lists; tests keep them equal).
@@ -90,15 +103,290 @@ CREATE OR REPLACE FUNCTION "crm_realtime"."unwatch"(p_table regclass)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     w "crm_realtime"."watched_table"%ROWTYPE;
+    v_trigger name;
 BEGIN
     SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture', p_table);
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_update', p_table);
+    FOR v_trigger IN SELECT tgname FROM pg_catalog.pg_trigger
+                      WHERE tgrelid = p_table AND NOT tgisinternal
+                        AND tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                                       'crm_realtime_capture_delete') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
+    END LOOP;
     IF w."relation" IS NOT NULL THEN
         EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I()', w."function_name");
         DELETE FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
     END IF;
 END
+$$;
+
+-- The generated trigger code reads the row as JSON (to_jsonb(NEW)) and takes
+-- each published column by name from it. A column renamed or dropped by a CRM
+-- migration is then simply absent (the field is published as null): nothing in
+-- the trigger or its function can fail at write time, and no trigger definition
+-- names a column, so PostgreSQL never refuses an ALTER TABLE because of us.
+-- One expression per event field, over the JSON row held in variable p_var.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_payload_sql"(p_table regclass, p_fields jsonb,
+                                                          p_kind text, p_var text)
+RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_field text;
+    v_col   text;
+    v_out   text := '';
+BEGIN
+    FOREACH v_field IN ARRAY "crm_realtime"."event_fields"(p_kind) LOOP
+        v_col := p_fields ->> v_field;
+        v_out := v_out || CASE WHEN v_out = '' THEN '' ELSE ', ' END || format('%L, ', v_field)
+            || CASE
+                WHEN v_col IS NULL THEN 'NULL'
+                -- A timestamp without time zone is taken as UTC (Odoo's convention), so
+                -- events always carry an offset as the contract says. Text concatenation
+                -- cannot fail whatever the column holds by the time this runs.
+                WHEN (SELECT atttypid FROM pg_catalog.pg_attribute
+                       WHERE attrelid = p_table AND attname = v_col AND attnum > 0
+                         AND NOT attisdropped) = 'timestamp'::regtype
+                    THEN format('pg_catalog.to_jsonb(((%s->>%L) || ''+00:00'')::text)', p_var, v_col)
+                ELSE format('%s->%L', p_var, v_col) END;
+    END LOOP;
+    RETURN 'pg_catalog.jsonb_build_object(' || v_out || ')';
+END
+$$;
+
+-- (Re)writes a watched table's trigger function from its watched_table row with
+-- CREATE OR REPLACE: same function, so the triggers and their locks are untouched.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_generate"(p_table regclass)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    w       "crm_realtime"."watched_table"%ROWTYPE;
+    v_new   text;
+    v_old   text;
+    v_set   text;
+    v_body  text;
+    v_notify text;
+    v_cols  jsonb := '{}';
+    v_role  text;
+    v_col   text;
+    a       record;
+BEGIN
+    SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
+    IF w."relation" IS NULL THEN
+        RAISE EXCEPTION 'crm_realtime: table % is not watched', p_table;
+    END IF;
+    v_new := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'n');
+    v_old := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'o');
+    v_set := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'crm_j');
+
+    -- The wake-up, sent only when some sidecar is waiting for one. A waiting
+    -- (idle) listener holds advisory lock 1668443506/1 in shared mode; a listener
+    -- that is reading anyway releases it and keeps reading until every
+    -- transaction that was running at its last read has ended (see
+    -- sidecar/listener.py), so this transaction's rows are read without a NOTIFY.
+    -- The probe is one expression (take the lock exclusively and give it back at
+    -- once), so no interrupt can fall between the two calls. Skipping NOTIFY
+    -- matters: a notifying commit takes a cluster-wide lock through its WAL
+    -- flush, so notifying transactions commit one at a time. With no sidecar
+    -- connected at all there is nobody to wake either: it reads everything that
+    -- committed meanwhile when it connects.
+    -- And never when PostgreSQL's NOTIFY queue is filling up (a listener stuck
+    -- in a long transaction holds it back): past the threshold a notifying
+    -- commit could fail with "too many notifications in the NOTIFY queue", a CRM
+    -- write failing because of us. The sidecar reads on its timer anyway.
+    -- Threshold: setting crm_realtime.notify_max_queue_usage (0..1, default 0.5).
+    v_notify := $n$
+    IF NOT (pg_catalog.pg_try_advisory_lock(1668443506, 1)
+            AND pg_catalog.pg_advisory_unlock(1668443506, 1)) THEN
+        v_max := pg_catalog.current_setting('crm_realtime.notify_max_queue_usage', true);
+        IF pg_catalog.pg_notification_queue_usage() <
+           (CASE WHEN v_max ~ '^(0|1|0?\.[0-9]{1,9}|1\.0{1,9})$' THEN v_max::float8 ELSE 0.5 END) THEN
+            -- Constant payload: PostgreSQL folds identical notifications of one
+            -- transaction into one, and the payload can never reach 8000 bytes.
+            PERFORM pg_catalog.pg_notify('crm_realtime', '');
+        END IF;
+    END IF;
+$n$;
+
+    IF w."kind" = 'prospect' THEN
+        v_body := format($f$
+DECLARE
+    n jsonb;
+    o jsonb;
+    p jsonb;
+    v_org text;
+    v_old_org text;
+    v_max text;
+    v_rows bigint;
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        -- OFFSET 0 keeps the row-to-JSON conversion in the subquery: once per row,
+        -- not once per published field
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+        SELECT 'prospect', 'created', crm_j->>%1$L, %6$s
+          FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
+         WHERE crm_j->>%1$L IS NOT NULL;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows = 0 THEN RETURN NULL; END IF;
+    ELSIF TG_OP = 'INSERT' THEN
+        n := pg_catalog.to_jsonb(NEW);
+        v_org := n->>%1$L;
+        IF v_org IS NULL THEN RETURN NULL; END IF;
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+        VALUES ('prospect', 'created', v_org, %3$s);
+    ELSIF TG_OP = 'DELETE' THEN
+        o := pg_catalog.to_jsonb(OLD);
+        v_old_org := o->>%1$L;
+        IF v_old_org IS NULL THEN RETURN NULL; END IF;
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+        VALUES ('prospect', 'deleted', v_old_org, pg_catalog.jsonb_build_object('id', o->%2$L));
+    ELSE
+        n := pg_catalog.to_jsonb(NEW);
+        o := pg_catalog.to_jsonb(OLD);
+        v_org := n->>%1$L;
+        v_old_org := o->>%1$L;
+        IF v_org IS NOT DISTINCT FROM v_old_org AND n->%2$L IS NOT DISTINCT FROM o->%2$L THEN
+            IF v_org IS NULL THEN RETURN NULL; END IF;
+            p := %3$s;
+            -- no published column changed (say only internal_score): no event
+            IF p = %4$s THEN RETURN NULL; END IF;
+            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+            VALUES ('prospect', 'updated', v_org, p);
+        ELSE
+            -- moved to another organization (or its key changed): gone for the
+            -- old organization, new for the new one
+            IF v_org IS NULL AND v_old_org IS NULL THEN RETURN NULL; END IF;
+            IF v_old_org IS NOT NULL THEN
+                INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+                VALUES ('prospect', 'deleted', v_old_org, pg_catalog.jsonb_build_object('id', o->%2$L));
+            END IF;
+            IF v_org IS NOT NULL THEN
+                INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+                VALUES ('prospect', 'created', v_org, %3$s);
+            END IF;
+        END IF;
+    END IF;
+%5$s
+    RETURN NULL;
+END
+$f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set);
+    ELSE
+        v_body := format($f$
+DECLARE
+    n jsonb;
+    v_org text;
+    v_max text;
+    v_rows bigint;
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "user_id", "data")
+        SELECT 'notification', 'created', crm_j->>%1$L, %6$s, %7$s
+          FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
+         WHERE crm_j->>%1$L IS NOT NULL%8$s;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows = 0 THEN RETURN NULL; END IF;
+    ELSE
+        n := pg_catalog.to_jsonb(NEW);
+        v_org := n->>%1$L;
+        IF v_org IS NULL%5$s THEN RETURN NULL; END IF;
+        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "user_id", "data")
+        VALUES ('notification', 'created', v_org, %2$s, %3$s);
+    END IF;
+%4$s
+    RETURN NULL;
+END
+$f$, w."org_column",
+     CASE WHEN w."user_column" IS NULL THEN 'NULL' ELSE format('n->>%L', w."user_column") END,
+     v_new, v_notify,
+     -- a user-addressed notification whose user column is gone is not sent to
+     -- the whole organization: it is not published at all
+     CASE WHEN w."user_column" IS NULL THEN '' ELSE format(' OR NOT n ? %L', w."user_column") END,
+     CASE WHEN w."user_column" IS NULL THEN 'NULL' ELSE format('crm_j->>%L', w."user_column") END,
+     v_set,
+     CASE WHEN w."user_column" IS NULL THEN '' ELSE format(' AND crm_j ? %L', w."user_column") END);
+    END IF;
+
+    -- SECURITY DEFINER: the CRM's roles need no right on our schema, and no
+    -- role but the installer's can write journal rows (forged events).
+    -- The fixed search_path keeps a caller's search_path out of the definer's rights.
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION "crm_realtime".%I() RETURNS trigger LANGUAGE plpgsql '
+        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', w."function_name", v_body);
+    EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I() FROM PUBLIC', w."function_name");
+
+    -- Record what the function was written for.
+    FOR v_role, v_col IN
+        SELECT f.key, f.value #>> '{}' FROM jsonb_each(w."fields") AS f
+        UNION ALL SELECT '@org', w."org_column"::text
+        UNION ALL SELECT '@user', w."user_column"::text WHERE w."user_column" IS NOT NULL
+    LOOP
+        SELECT attnum, atttypid::regtype::text AS typ INTO a FROM pg_catalog.pg_attribute
+         WHERE attrelid = p_table AND attname = v_col AND attnum > 0 AND NOT attisdropped;
+        v_cols := v_cols || jsonb_build_object(v_role, CASE WHEN v_col IS NULL THEN NULL
+            ELSE jsonb_build_object('column', v_col, 'attnum', a.attnum, 'type', a.typ) END);
+    END LOOP;
+    UPDATE "crm_realtime"."watched_table" SET "columns" = v_cols WHERE "relation" = p_table;
+END
+$$;
+
+-- The triggers. They name no column (the UPDATE one compares whole rows by
+-- their stored bytes, which works for every type), so they never stand in the
+-- way of an ALTER TABLE.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_create_triggers"(p_table regclass)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    w "crm_realtime"."watched_table"%ROWTYPE;
+    v_trigger name;
+BEGIN
+    SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
+    FOR v_trigger IN SELECT tgname FROM pg_catalog.pg_trigger
+                      WHERE tgrelid = p_table AND NOT tgisinternal
+                        AND tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                                       'crm_realtime_capture_delete') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
+    END LOOP;
+    -- INSERT: once per statement, over the statement's new rows (a transition
+    -- table), so a 10,000-row import is one INSERT ... SELECT into the journal,
+    -- not 10,000 function calls. Except on a partition: an INSERT through its
+    -- partitioned parent fires only the parent's statement triggers, so a
+    -- partition gets the row-level trigger (as does anything refusing
+    -- transition tables).
+    IF NOT (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table) THEN
+        BEGIN
+            EXECUTE format(
+                'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS crm_realtime_new '
+                'FOR EACH STATEMENT EXECUTE FUNCTION "crm_realtime".%I()',
+                'crm_realtime_capture', p_table, w."function_name");
+        EXCEPTION WHEN feature_not_supported OR wrong_object_type THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                    WHERE tgrelid = p_table AND tgname = 'crm_realtime_capture') THEN
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
+            'crm_realtime_capture', p_table, w."function_name");
+    END IF;
+    IF w."kind" = 'prospect' THEN
+        -- An UPDATE that changes nothing at all never enters PL/pgSQL.
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD *<> NEW) EXECUTE FUNCTION "crm_realtime".%I()',
+            'crm_realtime_capture_update', p_table, w."function_name");
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
+            'crm_realtime_capture_delete', p_table, w."function_name");
+    END IF;
+END
+$$;
+
+-- True when a watched table has the triggers this version creates.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_triggers_current"(p_table regclass, p_kind text)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT count(*) = CASE p_kind WHEN 'prospect' THEN 3 ELSE 1 END
+      FROM pg_catalog.pg_trigger
+     WHERE tgrelid = p_table AND NOT tgisinternal
+       AND ((tgname = 'crm_realtime_capture' AND tgtype & (4 | 8 | 16) = 4
+             AND (tgtype & 1 = 0      -- statement level, or row level on a partition
+                  OR (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table)))
+            OR (tgname = 'crm_realtime_capture_update' AND p_kind = 'prospect' AND tgtype & 16 = 16
+                AND pg_catalog.pg_get_triggerdef(oid) LIKE '%WHEN ((old.* *<> new.*))%')
+            OR (tgname = 'crm_realtime_capture_delete' AND p_kind = 'prospect' AND tgtype & 8 = 8))
 $$;
 
 -- watch(): capture a host table's changes into the journal.
@@ -111,12 +399,12 @@ $$;
 --                  to the column of the same name, which must then exist
 --   p_user_column  notifications only: column addressing one user (NULL = whole org)
 --
--- It generates one trigger function per table with the column names written in,
--- so the per-row cost is a few field reads and one INSERT; no dynamic SQL runs
--- at write time. Identifiers are validated against the catalog and quoted with
--- format('%I'). Prospects get INSERT/UPDATE/DELETE triggers and the UPDATE one
--- has a WHEN clause, so an UPDATE touching no published column never enters
--- PL/pgSQL at all. Notifications get an INSERT trigger only: the contract has no
+-- It generates one trigger function per table with the column names written in
+-- as JSON keys, so the per-row cost is one row-to-JSON conversion, a few key
+-- lookups and one INSERT; no dynamic SQL runs at write time. Identifiers are
+-- validated against the catalog and quoted with format('%I'/'%L'). Prospects get
+-- INSERT/UPDATE/DELETE triggers; an UPDATE that changes no published column
+-- writes nothing. Notifications get an INSERT trigger only: the contract has no
 -- event for a changed or deleted notification (marking one seen must cost nothing).
 CREATE OR REPLACE FUNCTION "crm_realtime"."watch"(
     p_table regclass,
@@ -132,11 +420,6 @@ DECLARE
     v_field    text;
     v_col      text;
     v_unknown  text;
-    v_fn       name;
-    v_new_obj  text := '';
-    v_changed  text := '';
-    v_cols     text[] := '{}';
-    v_body     text;
 BEGIN
     IF v_fields IS NULL THEN
         RAISE EXCEPTION 'crm_realtime.watch: kind % is not one of prospect, notification', p_kind;
@@ -160,7 +443,6 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Build the mapping and the generated fragments.
     FOREACH v_field IN ARRAY v_fields LOOP
         IF v_field = 'id' THEN
             v_col := p_pk_column;
@@ -177,101 +459,232 @@ BEGIN
                 p_table, v_col, v_field;
         END IF;
         v_map := v_map || jsonb_build_object(v_field, v_col);
-        -- A timestamp without time zone is taken as UTC (Odoo's convention), so
-        -- events always carry an offset as the contract says.
-        v_new_obj := v_new_obj || CASE WHEN v_new_obj = '' THEN '' ELSE ', ' END
-            || format('%L, %s', v_field, CASE
-                WHEN v_col IS NULL THEN 'NULL'
-                WHEN (SELECT atttypid FROM pg_catalog.pg_attribute
-                       WHERE attrelid = p_table AND attname = v_col) = 'timestamp'::regtype
-                    THEN format('(NEW.%I AT TIME ZONE ''UTC'')', v_col)
-                ELSE format('NEW.%I', v_col) END);
-        IF v_col IS NOT NULL AND NOT v_col = ANY (v_cols) THEN
-            v_cols := v_cols || v_col;
-        END IF;
     END LOOP;
-    IF NOT p_org_column::text = ANY (v_cols) THEN v_cols := v_cols || p_org_column::text; END IF;
-    IF p_user_column IS NOT NULL AND NOT p_user_column::text = ANY (v_cols) THEN
-        v_cols := v_cols || p_user_column::text;
-    END IF;
-    SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
-        INTO v_changed FROM unnest(v_cols) AS c;
-
-    v_fn := left('capture_' || replace(p_table::text, '"', ''), 63);
-
-    IF p_kind = 'prospect' THEN
-        v_body := format($f$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF NEW.%1$I IS NOT NULL THEN
-            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-            VALUES ('prospect', 'created', NEW.%1$I::text, pg_catalog.jsonb_build_object(%3$s));
-        END IF;
-    ELSIF TG_OP = 'UPDATE' AND NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I
-                           AND NEW.%2$I IS NOT DISTINCT FROM OLD.%2$I THEN
-        IF NEW.%1$I IS NOT NULL THEN
-            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-            VALUES ('prospect', 'updated', NEW.%1$I::text, pg_catalog.jsonb_build_object(%3$s));
-        END IF;
-    ELSE
-        -- DELETE, or an UPDATE that moved the row to another organization (or
-        -- changed its key): gone for the old organization, new for the new one.
-        IF OLD.%1$I IS NOT NULL THEN
-            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-            VALUES ('prospect', 'deleted', OLD.%1$I::text, pg_catalog.jsonb_build_object('id', OLD.%2$I));
-        END IF;
-        IF TG_OP = 'UPDATE' AND NEW.%1$I IS NOT NULL THEN
-            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-            VALUES ('prospect', 'created', NEW.%1$I::text, pg_catalog.jsonb_build_object(%3$s));
-        END IF;
-    END IF;
-    -- Constant payload: PostgreSQL folds identical notifications of one
-    -- transaction into one, and the payload can never reach the 8000-byte limit.
-    PERFORM pg_catalog.pg_notify('crm_realtime', '');
-    RETURN NULL;
-END
-$f$, p_org_column, p_pk_column, v_new_obj);
-    ELSE
-        v_body := format($f$
-BEGIN
-    IF NEW.%1$I IS NOT NULL THEN
-        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "user_id", "data")
-        VALUES ('notification', 'created', NEW.%1$I::text, %2$s, pg_catalog.jsonb_build_object(%3$s));
-        PERFORM pg_catalog.pg_notify('crm_realtime', '');
-    END IF;
-    RETURN NULL;
-END
-$f$, p_org_column,
-     CASE WHEN p_user_column IS NULL THEN 'NULL' ELSE format('NEW.%I::text', p_user_column) END,
-     v_new_obj);
-    END IF;
 
     PERFORM "crm_realtime"."unwatch"(p_table);
-
-    -- SECURITY DEFINER: the CRM's roles need no right on our schema, and no
-    -- role but the installer's can write journal rows (forged events).
-    -- The fixed search_path keeps a caller's search_path out of the definer's rights.
-    EXECUTE format(
-        'CREATE FUNCTION "crm_realtime".%I() RETURNS trigger LANGUAGE plpgsql '
-        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
-    EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I() FROM PUBLIC', v_fn);
-
-    IF p_kind = 'prospect' THEN
-        EXECUTE format(
-            'CREATE TRIGGER %I AFTER INSERT OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture', p_table, v_fn);
-        EXECUTE format(
-            'CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture_update', p_table, v_changed, v_fn);
-    ELSE
-        EXECUTE format(
-            'CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture', p_table, v_fn);
-    END IF;
-
     INSERT INTO "crm_realtime"."watched_table"
         ("relation", "kind", "pk_column", "org_column", "user_column", "fields", "function_name")
-    VALUES (p_table, p_kind, p_pk_column, p_org_column, p_user_column, v_map, v_fn);
+    VALUES (p_table, p_kind, p_pk_column, p_org_column, p_user_column, v_map,
+            left('capture_' || replace(p_table::text, '"', ''), 63));
+    PERFORM "crm_realtime"."_generate"(p_table);
+    PERFORM "crm_realtime"."_create_triggers"(p_table);
+END
+$$;
+
+-- revalidate(): bring one watched table's mapping up to date with its columns.
+-- A mapped column that was renamed (same attribute number, new name) is followed:
+-- the mapping takes the new name and the field keeps being fed. A mapped column
+-- that is gone stays in the mapping (a column of that name added back is picked
+-- up again) and its field is published as null. The trigger function is then
+-- rewritten. Returns one line per change or problem. Never raises for a column
+-- problem: this runs inside the CRM's own ALTER TABLE (see on_ddl below).
+CREATE OR REPLACE FUNCTION "crm_realtime"."revalidate"(p_table regclass)
+RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    w      "crm_realtime"."watched_table"%ROWTYPE;
+    v_role text;
+    v_old  jsonb;
+    v_name name;
+    v_new  name;
+BEGIN
+    SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table FOR UPDATE;
+    IF w."relation" IS NULL THEN
+        RETURN;
+    END IF;
+    FOR v_role, v_old IN SELECT key, value FROM jsonb_each(w."columns")
+                          WHERE jsonb_typeof(value) = 'object' LOOP
+        v_name := v_old ->> 'column';
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                               WHERE attrelid = p_table AND attname = v_name AND attnum > 0
+                                 AND NOT attisdropped);
+        SELECT attname INTO v_new FROM pg_catalog.pg_attribute
+         WHERE attrelid = p_table AND attnum = (v_old ->> 'attnum')::int AND NOT attisdropped;
+        IF v_new IS NULL THEN
+            CONTINUE WHEN v_old ->> 'attnum' IS NULL;     -- already known to be missing
+            RETURN NEXT format('%s: column %I (%s) no longer exists; it is published as null',
+                               p_table, v_name,
+                               CASE v_role WHEN '@org' THEN 'the organization: nothing of this table is published'
+                                           WHEN '@user' THEN 'the addressed user: nothing of this table is published'
+                                           ELSE 'field ' || v_role END);
+            CONTINUE;
+        END IF;
+        RETURN NEXT format('%s: column %I was renamed to %I; %s follows it', p_table, v_name, v_new,
+                           CASE v_role WHEN '@org' THEN 'the organization' WHEN '@user' THEN 'the user'
+                                       ELSE 'field ' || v_role END);
+        IF v_role = '@org' THEN
+            w."org_column" := v_new;
+        ELSIF v_role = '@user' THEN
+            w."user_column" := v_new;
+        ELSE
+            w."fields" := jsonb_set(w."fields", ARRAY[v_role], to_jsonb(v_new::text));
+            IF v_role = 'id' THEN
+                w."pk_column" := v_new;
+            END IF;
+        END IF;
+    END LOOP;
+    UPDATE "crm_realtime"."watched_table"
+       SET "fields" = w."fields", "pk_column" = w."pk_column", "org_column" = w."org_column",
+           "user_column" = w."user_column"
+     WHERE "relation" = p_table;
+    PERFORM "crm_realtime"."_generate"(p_table);
+END
+$$;
+
+-- mapping_status: one row per mapped column of every watched table, with its
+-- state: 'ok', 'missing' (published as null), 'renamed' (not followed yet: run
+-- repair()), 'stale' (its type changed since the trigger function was written:
+-- run repair()); and one row with field NULL for a watched table whose triggers
+-- or table are gone. The sidecar reads the rows that are not 'ok' (readiness
+-- detail, log, metric crm_realtime_mapping_problems).
+CREATE OR REPLACE VIEW "crm_realtime"."mapping_status" AS
+SELECT w."relation"::text AS "table", e.key AS "field", e.value ->> 'column' AS "column",
+       CASE WHEN a.attnum IS NOT NULL
+                 AND (a.atttypid = 'timestamp'::regtype) = (e.value ->> 'type' = 'timestamp without time zone')
+                THEN 'ok'
+            WHEN a.attnum IS NOT NULL THEN 'stale'
+            WHEN r.attname IS NOT NULL THEN 'renamed'
+            ELSE 'missing' END AS "state",
+       CASE WHEN a.attnum IS NOT NULL
+                 AND (a.atttypid = 'timestamp'::regtype) = (e.value ->> 'type' = 'timestamp without time zone')
+                THEN NULL
+            WHEN a.attnum IS NOT NULL
+                THEN format('%s.%I changed type since its trigger was written: run SELECT * FROM crm_realtime.repair()',
+                            w."relation", e.value ->> 'column')
+            WHEN r.attname IS NOT NULL
+                THEN format('%s.%I was renamed to %I: run SELECT * FROM crm_realtime.repair() so %s follows it',
+                            w."relation", e.value ->> 'column', r.attname, e.key)
+            ELSE format('%s.%I no longer exists: %s is published as null (map it again with crm_realtime.watch())',
+                        w."relation", e.value ->> 'column',
+                        CASE WHEN e.key IN ('@org', '@user') THEN 'nothing of this table'
+                             ELSE 'field ' || e.key END)
+       END AS "detail"
+  FROM "crm_realtime"."watched_table" AS w
+  CROSS JOIN LATERAL jsonb_each(w."columns") AS e
+  LEFT JOIN pg_catalog.pg_attribute AS a
+    ON a.attrelid = w."relation" AND a.attname = e.value ->> 'column' AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_attribute AS r
+    ON a.attnum IS NULL AND r.attrelid = w."relation" AND r.attnum = (e.value ->> 'attnum')::int
+   AND NOT r.attisdropped
+ WHERE jsonb_typeof(e.value) = 'object'
+UNION ALL
+SELECT w."relation"::text, NULL, NULL,
+       CASE WHEN c.oid IS NULL THEN 'table missing' ELSE 'triggers missing' END,
+       CASE WHEN c.oid IS NULL
+            THEN format('watched table %s no longer exists: run SELECT crm_realtime.unwatch(%L)',
+                        w."relation", w."relation"::oid)
+            ELSE format('%s has lost its capture triggers: run SELECT * FROM crm_realtime.repair()', w."relation")
+       END
+  FROM "crm_realtime"."watched_table" AS w
+  LEFT JOIN pg_catalog.pg_class AS c ON c.oid = w."relation"
+ WHERE c.oid IS NULL
+    OR (SELECT count(*) FROM pg_catalog.pg_trigger AS t
+         WHERE t.tgrelid = w."relation" AND NOT t.tgisinternal
+           AND t.tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                            'crm_realtime_capture_delete'))
+       < CASE w."kind" WHEN 'prospect' THEN 3 ELSE 1 END;
+COMMENT ON VIEW "crm_realtime"."mapping_status" IS
+    'State of every mapped column of the watched tables; repair with crm_realtime.repair()';
+
+-- repair(): the DBA's command after a migration (the event trigger below does the
+-- same by itself when the installer was a superuser). Follows renamed columns,
+-- rewrites the trigger functions, puts back lost triggers, forgets dropped
+-- tables, and returns what it did and what is still degraded:
+--   SELECT * FROM crm_realtime.repair();          -- every watched table
+--   SELECT * FROM crm_realtime.repair('crm_lead'); -- one
+CREATE OR REPLACE FUNCTION "crm_realtime"."repair"(p_table regclass DEFAULT NULL)
+RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    w "crm_realtime"."watched_table"%ROWTYPE;
+    v_line text;
+BEGIN
+    FOR w IN SELECT * FROM "crm_realtime"."watched_table"
+              WHERE p_table IS NULL OR "relation" = p_table ORDER BY "relation"::oid LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = w."relation") THEN
+            DELETE FROM "crm_realtime"."watched_table" WHERE "relation" = w."relation";
+            EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I()', w."function_name");
+            RETURN NEXT format('table %s no longer exists: no longer watched', w."relation"::oid);
+            CONTINUE;
+        END IF;
+        FOR v_line IN SELECT "crm_realtime"."revalidate"(w."relation") LOOP
+            RETURN NEXT v_line;
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM "crm_realtime"."mapping_status"
+                    WHERE "table" = w."relation"::text AND "state" = 'triggers missing') THEN
+            PERFORM "crm_realtime"."_create_triggers"(w."relation");
+            RETURN NEXT format('%s: capture triggers created again', w."relation");
+        END IF;
+    END LOOP;
+    FOR v_line IN SELECT "detail" FROM "crm_realtime"."mapping_status"
+                   WHERE "state" <> 'ok' AND (p_table IS NULL OR "table" = p_table::text) LOOP
+        RETURN NEXT 'still degraded: ' || v_line;
+    END LOOP;
+END
+$$;
+
+-- The event triggers (only when the installer is a superuser; PostgreSQL allows
+-- no one else to create them). After every ALTER TABLE of a watched table, in
+-- the same transaction, the mapping is re-validated and the trigger function
+-- rewritten; after a DROP TABLE the table is forgotten. They can never make the
+-- CRM's DDL fail: any error of ours becomes a WARNING (and mapping_status shows
+-- what is left to repair).
+CREATE OR REPLACE FUNCTION "crm_realtime"."on_ddl"()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rel  oid;
+    v_line text;
+BEGIN
+    FOR v_rel IN SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+                  WHERE c.classid = 'pg_catalog.pg_class'::regclass
+                    AND c.objid IN (SELECT "relation"::oid FROM "crm_realtime"."watched_table") LOOP
+        BEGIN
+            FOR v_line IN SELECT "crm_realtime"."revalidate"(v_rel::regclass) LOOP
+                RAISE WARNING 'crm_realtime: %', v_line;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crm_realtime: could not re-validate the capture of %: % (run SELECT * FROM crm_realtime.repair())',
+                v_rel::regclass, SQLERRM;
+        END;
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'crm_realtime: DDL check skipped: % (run SELECT * FROM crm_realtime.repair())', SQLERRM;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION "crm_realtime"."on_drop"()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w "crm_realtime"."watched_table"%ROWTYPE;
+BEGIN
+    FOR w IN SELECT * FROM "crm_realtime"."watched_table"
+              WHERE "relation"::oid IN (SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()
+                                         WHERE classid = 'pg_catalog.pg_class'::regclass AND objsubid = 0) LOOP
+        BEGIN
+            DELETE FROM "crm_realtime"."watched_table" WHERE "relation" = w."relation";
+            EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I()', w."function_name");
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crm_realtime: could not forget dropped table %: %', w."relation"::oid, SQLERRM;
+        END;
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'crm_realtime: drop check skipped: %', SQLERRM;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'crm_realtime_ddl') THEN
+        CREATE EVENT TRIGGER "crm_realtime_ddl" ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+            EXECUTE FUNCTION "crm_realtime"."on_ddl"();
+        -- fire also under session_replication_role = replica (pg_restore, logical replicas)
+        ALTER EVENT TRIGGER "crm_realtime_ddl" ENABLE ALWAYS;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'crm_realtime_drop') THEN
+        CREATE EVENT TRIGGER "crm_realtime_drop" ON sql_drop WHEN TAG IN ('DROP TABLE')
+            EXECUTE FUNCTION "crm_realtime"."on_drop"();
+        ALTER EVENT TRIGGER "crm_realtime_drop" ENABLE ALWAYS;
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'crm_realtime: not run by a superuser, so no event trigger: after a migration that renames, drops or retypes a watched column, run SELECT * FROM crm_realtime.repair() (writes never fail meanwhile; see sql/README.md)';
 END
 $$;
 
@@ -366,9 +779,15 @@ DO $$
 DECLARE
     w "crm_realtime"."watched_table"%ROWTYPE;
 BEGIN
-    FOR w IN SELECT * FROM "crm_realtime"."watched_table" LOOP
-        PERFORM "crm_realtime"."watch"(w."relation", w."kind", w."org_column", w."pk_column",
-                                       w."fields" - 'id', w."user_column");
+    FOR w IN SELECT * FROM "crm_realtime"."watched_table"
+              WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "relation") LOOP
+        -- tolerant of columns that went away (unlike watch(), which a DBA calls)
+        PERFORM "crm_realtime"."revalidate"(w."relation");
+        -- triggers of an older version (a WHEN clause naming columns, a row-level
+        -- INSERT trigger) are replaced
+        IF NOT "crm_realtime"."_triggers_current"(w."relation", w."kind") THEN
+            PERFORM "crm_realtime"."_create_triggers"(w."relation");
+        END IF;
     END LOOP;
     IF to_regclass('public.prospects') IS NULL THEN
         RAISE NOTICE 'crm_realtime: no table public.prospects; call crm_realtime.watch() for yours';

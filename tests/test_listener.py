@@ -11,6 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from conftest import Database, SidecarProcess, make_token, sidecar_env
+from sidecar.sqlfiles import sql_text as sql_text_of
 
 pytestmark = pytest.mark.usefixtures('io_loop')
 
@@ -286,3 +287,109 @@ async def test_a_notification_taken_in_during_a_query_still_wakes_the_listener(d
         assert await asyncio.wait_for(sleeper, 2) is False
     finally:
         await conn.close()
+
+
+def _retry_delays(log_text):
+    import re
+    return [float(x) for x in re.findall(r'retrying in ([\d.]+)s', log_text)]
+
+
+def test_serving_before_the_dba_step_names_the_fix_and_backs_off(empty_database):
+    """No crm_realtime schema yet: one sentence naming install.sql, the same on /readyz,
+    retries further and further apart; once the DBA installs, it becomes ready."""
+    db = empty_database
+    db.execute(sql_text_of('examples/reference_crm.sql'))
+    p = SidecarProcess(sidecar_env(db, SIDECAR_LISTENER_MAX_BACKOFF_SECONDS='4')).start(wait_ready=False)
+    try:
+        p.wait_ok('/healthz', what='up')
+        time.sleep(4)
+        log_text = p.log()
+        sentence = (f'the crm_realtime schema is not installed in database "{db.name}": as the DBA, '
+                    f'run sql/install.sql (psql -v ON_ERROR_STOP=1 -d {db.name} -f sql/install.sql) '
+                    f'or crm-realtime install-sql')
+        assert f'listener: {sentence}; retrying in' in log_text
+        assert 'Traceback' not in log_text and 'UndefinedTable' not in log_text
+        delays = _retry_delays(log_text)
+        assert 2 <= len(delays) <= 6, delays            # it was 28 in 6 s
+        assert delays == sorted(delays) and delays[-1] > 2 * delays[0], delays
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(p.url + '/readyz', timeout=2)
+        assert info.value.code == 503
+        assert json.loads(info.value.read())['last_error'] == sentence
+
+        db.execute(sql_text_of('install.sql'))
+        p.wait_ready(timeout=10)                         # within the 4 s cap
+        assert 'listener: the journal is readable now' in p.log()
+    finally:
+        p.stop()
+
+
+def test_a_missing_grant_is_named(database):
+    role = f'crm_rt_ro_{database.name[-8:]}'
+    database.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        database.execute(f'GRANT USAGE ON SCHEMA crm_realtime TO "{role}"')   # but no SELECT
+        env = sidecar_env(database, SIDECAR_DATABASE_URL=database.url.replace('postgres@', f'{role}@', 1))
+        p = SidecarProcess(env).start(wait_ready=False)
+        try:
+            p.wait_ok('/healthz', what='up')
+            deadline = time.time() + 10
+            while 'retrying in' not in p.log() and time.time() < deadline:
+                time.sleep(0.1)
+            assert (f'database role "{role}" cannot read the journal (permission denied for table journal): '
+                    f'as the DBA, run GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, '
+                    f'crm_realtime.watched_table, crm_realtime.mapping_status TO "{role}" '
+                    f'(sql/README.md, step 4); retrying in') in p.log()
+            database.execute(f'GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, '
+                             f'crm_realtime.watched_table, crm_realtime.mapping_status TO "{role}"')
+            p.wait_ready(timeout=10)
+        finally:
+            p.stop()
+    finally:
+        database.execute(f'DROP OWNED BY "{role}"')
+        database.execute(f'DROP ROLE "{role}"')
+
+
+def test_above_the_notify_threshold_the_trigger_sends_no_wakeup(database):
+    """crm_realtime.notify_max_queue_usage: pg_notification_queue_usage() at or above it
+    skips the NOTIFY (a full queue would fail the CRM's commit). The watcher holds
+    the lock an idle listener holds, so a write below the threshold does notify."""
+    from sidecar.listener import LOCK_KEY
+    with database.connect() as watcher, database.connect() as writer:
+        watcher.execute('LISTEN crm_realtime')
+        watcher.execute('SELECT pg_advisory_lock_shared(%s, %s)', LOCK_KEY)
+        for value, notifies in (('0', False), ('1', True), ('0', False),
+                                ('not a number', True), ('1.2.3', True), ('', True)):
+            writer.execute(f"SET crm_realtime.notify_max_queue_usage = '{value}'")
+            writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'x')")
+            got = list(watcher.notifies(timeout=0.3, stop_after=1))
+            assert bool(got) is notifies, value
+    assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(6,)]
+
+
+def test_no_wakeup_is_sent_when_no_listener_waits(database):
+    """Nobody holds the idle listener's lock (no sidecar, or every one is reading
+    anyway): the trigger sends no NOTIFY, so the commit does not queue behind
+    NOTIFY's cluster-wide lock."""
+    from sidecar.listener import LOCK_KEY
+    with database.connect() as watcher, database.connect() as writer:
+        watcher.execute('LISTEN crm_realtime')
+        writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'x')")
+        assert list(watcher.notifies(timeout=0.3, stop_after=1)) == []
+        watcher.execute('SELECT pg_advisory_lock_shared(%s, %s)', LOCK_KEY)
+        writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'y')")
+        assert len(list(watcher.notifies(timeout=2, stop_after=1))) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_change_written_above_the_notify_threshold_still_arrives(database, make_sidecar, clients):
+    sc = await make_sidecar(database)
+    c = await clients(sc.url, make_token(1, 11))
+    with database.connect() as writer:
+        writer.execute("SET crm_realtime.notify_max_queue_usage = '0'")
+        for i in range(3):
+            writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, %s)", [f'q{i}'])
+            await asyncio.sleep(0.3)
+    await c.wait_events(3, timeout=10)
+    await asyncio.sleep(1.2)
+    assert [e[1]['firstname'] for e in c.events] == ['q0', 'q1', 'q2']

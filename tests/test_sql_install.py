@@ -56,6 +56,7 @@ def test_install_twice_then_uninstall_leaves_host_as_it_was(empty_database):
         assert result.returncode == 0, result.stderr
     assert db.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'prospects'::regclass "
                       "AND NOT tgisinternal ORDER BY 1") == [('crm_realtime_capture',),
+                                                            ('crm_realtime_capture_delete',),
                                                             ('crm_realtime_capture_update',)]
     db.execute("UPDATE prospects SET firstname = 'during'")
     assert db.execute('SELECT op FROM crm_realtime.journal') == [('updated',)]
@@ -181,3 +182,40 @@ def test_prune_records_its_watermark(database):
         'SELECT pruned_below::text::bigint, pg_current_xact_id()::text::bigint '
         'FROM crm_realtime.journal_state')[0]
     assert 0 < pruned_below <= current
+
+
+def test_a_multi_row_insert_is_journaled_per_row_in_order(database):
+    """INSERTs fire once per statement over a transition table: every row once, in
+    the statement's order; rows without an organization are skipped; ON CONFLICT
+    DO UPDATE journals its updates too."""
+    database.execute('ALTER TABLE prospects ALTER COLUMN organization_id DROP NOT NULL')
+    database.execute("INSERT INTO prospects (organization_id, firstname, email) "
+                     "SELECT CASE WHEN i = 3 THEN NULL ELSE 1 END, 'p' || i, 'p' || i || '@x.example' "
+                     "FROM generate_series(1, 5) AS i ORDER BY i")
+    rows = database.execute("SELECT op, data->>'firstname' FROM crm_realtime.journal ORDER BY id")
+    assert rows == [('created', 'p1'), ('created', 'p2'), ('created', 'p4'), ('created', 'p5')]
+    database.execute('CREATE UNIQUE INDEX ON prospects (email)')
+    database.execute("INSERT INTO prospects (organization_id, firstname, email) VALUES "
+                     "(1, 'new', 'n@x.example'), (1, 'p1 again', 'p1@x.example') "
+                     "ON CONFLICT (email) DO UPDATE SET firstname = excluded.firstname")
+    rows = database.execute("SELECT op, data->>'firstname' FROM crm_realtime.journal ORDER BY id")[4:]
+    assert sorted(rows) == [('created', 'new'), ('updated', 'p1 again')]
+    database.execute("INSERT INTO prospects (organization_id, firstname) SELECT 1, 'none' WHERE false")
+    assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(6,)]
+
+
+def test_an_inheritance_child_and_a_partition_are_captured(database):
+    database.execute('CREATE TABLE vip_prospects (tier int) INHERITS (prospects)')
+    database.execute('CREATE TABLE events (id int, organization_id int, type text, created_at timestamptz) '
+                     'PARTITION BY RANGE (id)')
+    database.execute('CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (1000)')
+    database.execute("SELECT crm_realtime.watch('vip_prospects', 'prospect', 'organization_id')")
+    database.execute("""SELECT crm_realtime.watch('events_1', 'notification', 'organization_id',
+                        p_fields => '{"title": null, "message": null, "meta": null}')""")
+    database.execute("INSERT INTO vip_prospects (organization_id, firstname) VALUES (1, 'v1'), (1, 'v2')")
+    database.execute("INSERT INTO events VALUES (1, 1, 'e1', now()), (2, 1, 'e2', now())")
+    assert database.execute("SELECT coalesce(data->>'firstname', data->>'type') FROM crm_realtime.journal "
+                            "ORDER BY id") == [('v1',), ('v2',), ('e1',), ('e2',)]
+    assert database.execute("SELECT bool_and(crm_realtime._triggers_current(relation, kind)) "
+                            "FROM crm_realtime.watched_table") == [(True,)]
+    assert database.execute("SELECT count(*) FROM crm_realtime.mapping_status WHERE state <> 'ok'") == [(0,)]

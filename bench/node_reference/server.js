@@ -189,6 +189,8 @@ db.on("notification", () => readJournal().catch(fail));
 async function main() {
   await db.connect();
   await db.query("LISTEN crm_realtime");
+  // the lock a waiting listener holds (sql/install.sql): the triggers notify only while one does
+  await db.query("SELECT pg_advisory_lock_shared(1668443506, 1)");
   const { rows } = await db.query("SELECT coalesce(max(id), 0)::text AS id FROM crm_realtime.journal");
   last = rows[0].id;
   setInterval(() => readJournal().catch(fail), CHECK_MS).unref();

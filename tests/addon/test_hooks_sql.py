@@ -106,7 +106,8 @@ def test_install_commits_or_rolls_back_with_the_callers_transaction(odoo_db):
     _install(odoo_db)
     assert _schema_exists(odoo_db)
     assert odoo_db.execute(TRIGGERS) == [
-        ('crm_lead', 'crm_realtime_capture'), ('crm_lead', 'crm_realtime_capture_update'),
+        ('crm_lead', 'crm_realtime_capture'), ('crm_lead', 'crm_realtime_capture_delete'),
+        ('crm_lead', 'crm_realtime_capture_update'),
         ('crm_lead', 'crm_realtime_lead_company_set_at_commit'),
         ('crm_lead', 'crm_realtime_lead_created_at_commit'),
         ('crm_realtime_notification', 'crm_realtime_capture')]

@@ -1,8 +1,10 @@
 -- crm-realtime: uninstall.
 --
 -- Removes what sql/install.sql (and crm_realtime.watch()) added, and nothing else:
---   * the triggers "crm_realtime_capture" / "crm_realtime_capture_update" on every
+--   * the triggers "crm_realtime_capture" / "_update" / "_delete" on every
 --     table listed in crm_realtime.watched_table,
+--   * the event triggers "crm_realtime_ddl" / "crm_realtime_drop" (a superuser's:
+--     when install.sql ran as one, run this as one too),
 --   * the schema "crm_realtime" with its journal, state, registry and functions
 --     (including the sidecar's own tables kept there, e.g. Calendly connections).
 -- Host tables, their columns and their rows are not touched.
@@ -18,9 +20,21 @@ DECLARE
 BEGIN
     IF to_regclass('crm_realtime.watched_table') IS NOT NULL THEN
         FOR v_rel IN EXECUTE 'SELECT "relation" FROM "crm_realtime"."watched_table"' LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture', v_rel);
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_update', v_rel);
+            IF EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = v_rel) THEN
+                EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture', v_rel);
+                EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_update', v_rel);
+                EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'crm_realtime_capture_delete', v_rel);
+            END IF;
         END LOOP;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger
+                WHERE evtname IN ('crm_realtime_ddl', 'crm_realtime_drop')) THEN
+        BEGIN
+            DROP EVENT TRIGGER IF EXISTS "crm_realtime_ddl";
+            DROP EVENT TRIGGER IF EXISTS "crm_realtime_drop";
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'crm_realtime: the event triggers crm_realtime_ddl and crm_realtime_drop belong to the superuser who ran install.sql: run uninstall.sql as a superuser';
+        END;
     END IF;
 END
 $$;
