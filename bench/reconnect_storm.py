@@ -224,7 +224,7 @@ async def main(args):
                 n_dropped = len(clients)
             took, reports = await all_live(storms, len(clients), counts)
             recoveries += n_dropped
-            reads = server.metric('crm_realtime_recovery_reads')
+            reads = server.metric('crm_realtime_recovery_reads_total')
             results.append((fault, took, f'{n_dropped} clients, {reads:.0f} journal reads since start'))
             print(f'fault {k}: {fault}: {n_dropped} clients live again in '
                   f'{"never" if took is None else f"{took:.1f} s"}; recovery journal reads so far '

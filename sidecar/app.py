@@ -98,7 +98,7 @@ class Sidecar:
             settings.database_url, min_size=1, max_size=settings.recovery_readers + 2, open=False,
             name='crm-realtime', check=AsyncConnectionPool.check_connection,
             kwargs={'autocommit': True, 'application_name': 'crm-realtime'})
-        self.replayer = Replayer(self.pool)
+        self.replayer = Replayer(self.pool, self.metrics)
         self.listener = Listener(settings, metrics=self.metrics)
         self.realtime = Realtime(settings, self.metrics, self.listener, self.replayer)
         self.scheduler = AsyncIOScheduler()
@@ -211,7 +211,6 @@ class Sidecar:
 
     async def refresh_gauges(self) -> None:
         self.metrics.listener_up.set(1 if self.listener.ready else 0)
-        self.metrics.recovery_reads.set(self.replayer.queries)
         self.metrics.recovering_clients.set(self.realtime.recovery.holding)
         try:
             async with self.pool.connection(timeout=2) as conn:

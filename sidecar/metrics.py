@@ -43,9 +43,8 @@ class Metrics:
             'crm_realtime_wire_path', '1 for the fan-out path in use: "direct" (frames written to '
             'sockets) or "public" (engine.io send_packet, when a library changed)', ['path'],
             registry=r)
-        self.recovery_reads = Gauge(
-            'crm_realtime_recovery_reads', 'Journal reads made for recovering clients since start',
-            registry=r)
+        self.recovery_reads = Counter(
+            'crm_realtime_recovery_reads', 'Journal reads made for recovering clients', registry=r)
         self.recovering_clients = Gauge(
             'crm_realtime_recovering_clients', 'Clients on hold while they catch up', registry=r)
         self.calendly_connections_needing_reauth = Gauge(

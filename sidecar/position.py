@@ -25,7 +25,7 @@ from typing import FrozenSet, NamedTuple, Optional
 _SNAP = r'\d{1,20}:\d{1,20}:(?:\d{1,20}(?:,\d{1,20})*)?'
 _POSITION_RE = re.compile(rf'^({_SNAP})(?:~({_SNAP})~(\d{{1,20}}))?$')
 _PID_RE = re.compile(r'^([A-Za-z0-9_-]{8,40})(?:\.(.+))?$')
-MAX_TEXT = 4096    # a snapshot with a huge in-progress list is not worth recovering from
+MAX_TEXT = 32768   # a snapshot with a huge in-progress list is not worth recovering from
 #: transaction ids are xid8 (epoch << 32 | xid); anything at or above 2^63 is not one of ours
 MAX_XID = 2 ** 63 - 1
 
@@ -94,6 +94,11 @@ def new_pid(position: Optional[str]) -> str:
     """A private session id that also remembers where the session started."""
     token = secrets.token_urlsafe(12)
     return token if position is None else f'{token}.{position}'
+
+
+def valid_pid(pid: object) -> bool:
+    """Is ``pid`` shaped like one we issue (it is echoed back to the client when recovered)?"""
+    return isinstance(pid, str) and len(pid) <= MAX_TEXT and _PID_RE.match(pid) is not None
 
 
 def pid_position(pid: object) -> Optional[Position]:

@@ -91,10 +91,11 @@ class Realtime:
                                           'user_id': ident.user_id, 'exp': ident.expires_at})
         self.sio.announce_pid(sid, NAMESPACE, pid)
         # synchronous from here to the CONNECT answer: no batch slips in between
+        rooms = self._rooms(ident)
         if start is None:
-            self.fanout.join(sid, self._rooms(ident))
+            self.fanout.join(sid, rooms)
         else:
-            self.recovery.hold(sid, ident, start)
+            self.recovery.hold(sid, ident, rooms, start)
         self._schedule_expiry(sid, ident.expires_at)
         self.metrics.connected_clients.inc()
         log.debug('socket %s joined organization %s as user %s', sid, ident.organization_id, ident.user_id)

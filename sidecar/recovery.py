@@ -15,8 +15,9 @@ Policy, as the client sees it:
 * Reconnect with a ``pid`` (and an offset if it received an event): the token is
   checked again; if every row the client may have missed is still in the
   journal, the server answers with the same ``pid`` (``recovered === true``),
-  sends the missed events of the client's organization/user in the order the
-  sidecar emits them, exactly once, then the live stream.
+  sends the missed events of the client's organization/user, exactly once and
+  each row's changes in order (across rows, in journal-id order, which may
+  differ from the order the live stream sent them in), then the live stream.
 * If rows it may have missed were pruned (older than
   ``SIDECAR_JOURNAL_RETENTION_HOURS``), or the offset is not one of ours, it gets
   a new ``pid`` (``recovered === false``) and only the live stream: the SPA
@@ -34,10 +35,12 @@ How a catch-up converges whatever the write rate (the reconnect storm):
   Once the replay is sent, the kept batches are sent, and the socket joins its
   rooms in the same step as the last kept batch is taken, so nothing is sent
   twice or skipped.
-* Holds of one organization are **served together**: one journal read per
-  organization and round, whatever the number of clients recovering from
-  nearby positions (each client's rows are then picked from it in Python).
-  Reads share a small pool (``SIDECAR_RECOVERY_READERS`` at once).
+* Holds are **served together**: every socket held within a round's window
+  (``ROUND_WINDOW``) is served by one journal read covering all their
+  organizations, whatever the number of clients (each client's rows are then
+  picked from it in Python). At most ``SIDECAR_RECOVERY_READERS`` rounds run
+  at once; a long replay yields to the event loop every ``REPLAY_SLICE``
+  deliveries.
 * A hold keeps at most ``MAX_HELD`` deliveries. A client that cannot catch up
   within it has its transport closed: it reconnects and recovers again, as a
   slow consumer does. The same when the journal was pruned under it (it then
@@ -56,8 +59,8 @@ from typing import Dict, List, Optional, Tuple
 
 import socketio
 
-from .events import Change, Delivery, org_room, route, user_room
-from .position import Position, Snapshot, new_pid, pid_position
+from .events import Change, Delivery, route
+from .position import Position, Snapshot, new_pid, pid_position, valid_pid
 
 log = logging.getLogger('crm_realtime.recovery')
 
@@ -66,18 +69,25 @@ MAX_HELD = 20_000
 
 PRUNED_BELOW_SQL = 'SELECT "pruned_below"::text FROM "crm_realtime"."journal_state"'
 
-# The rows of one organization (and of some of its users) that any of a group
-# of recovering clients may have missed; each client's own rows are picked in
-# Python (Snapshot.visible). Lower bound: the oldest start of the group.
-GROUP_SQL = """
+# The rows that any of a round of recovering clients may have missed: their
+# organizations (and users) since the oldest start of the round; each client's
+# own rows are picked in Python (Hold.rows, Snapshot.visible).
+ROUND_SQL = """
 SELECT j.id, j.txid::text, j.kind, j.op, j.organization_id, j.user_id, j.data
   FROM "crm_realtime"."journal" AS j
  WHERE j.txid >= %(xmin)s::text::xid8
    AND pg_catalog.pg_visible_in_snapshot(j.txid, %(to)s::pg_snapshot)
-   AND j.organization_id = %(org)s
+   AND j.organization_id = ANY(%(orgs)s)
    AND (j.user_id IS NULL OR j.user_id = ANY(%(users)s))
  ORDER BY j.id
 """
+
+CURRENT_SNAPSHOT_SQL = 'SELECT pg_catalog.pg_current_snapshot()::text'
+
+#: how long a round waits for more recovering clients to join it
+ROUND_WINDOW = 0.05
+#: replayed deliveries between two yields to the event loop
+REPLAY_SLICE = 500
 
 
 def still_in_journal(position: Position, pruned_below: str) -> bool:
@@ -131,11 +141,13 @@ class Hold:
 class Replayer:
     """Reads the journal for recovering clients through the shared pool."""
 
-    def __init__(self, pool):
+    def __init__(self, pool, metrics=None):
         self._pool = pool
+        self._metrics = metrics
         self._pruned: Optional[Tuple[float, str]] = None
         self._pruned_reading: Optional[asyncio.Future] = None
         self.queries = 0            # journal reads made for recovery (bench/, /metrics)
+        self._woken = 0.0
 
     async def pruned_below(self, max_age: float = 1.0) -> str:
         """The journal's prune horizon, read at most once a second however many ask."""
@@ -155,14 +167,26 @@ class Replayer:
         async with self._pool.connection() as conn:
             cur = await conn.execute(PRUNED_BELOW_SQL)
             value = (await cur.fetchone())[0]
-        self.queries += 1
+        self._count_query()
         self._pruned = (time.monotonic(), value)
         return value
+
+    def _count_query(self) -> None:
+        self.queries += 1
+        if self._metrics is not None:
+            self._metrics.recovery_reads.inc()
 
     async def available(self, position: Position) -> bool:
         return still_in_journal(position, await self.pruned_below())
 
-    async def group(self, organization_id: str, users: List[str], xmin: int, to: str):
+    async def current_snapshot(self) -> str:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(CURRENT_SNAPSHOT_SQL)
+            value = (await cur.fetchone())[0]
+        self._count_query()
+        return value
+
+    async def round(self, orgs: List[str], users: List[str], xmin: int, to: str):
         """(pruned_below, rows) read in one REPEATABLE READ transaction."""
         async with self._pool.connection() as conn:
             await conn.set_autocommit(False)
@@ -171,16 +195,20 @@ class Replayer:
                     await conn.execute('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY')
                     cur = await conn.execute(PRUNED_BELOW_SQL)
                     pruned = (await cur.fetchone())[0]
-                    cur = await conn.execute(GROUP_SQL, {
-                        'xmin': str(xmin), 'to': to, 'org': organization_id, 'users': users})
+                    cur = await conn.execute(ROUND_SQL, {
+                        'xmin': str(xmin), 'to': to, 'orgs': orgs, 'users': users})
                     rows = await cur.fetchall()
             finally:
                 await conn.set_autocommit(True)
-        self.queries += 1
+        self._count_query()
         return pruned, rows
 
     async def wake_listeners(self) -> None:
-        """NOTIFY our channel so every replica's listener reads the journal now."""
+        """NOTIFY our channel so every replica's listener reads the journal now (at most 4/s)."""
+        now = time.monotonic()
+        if now - self._woken < 0.25:
+            return
+        self._woken = now
         try:
             async with self._pool.connection(timeout=2) as conn:
                 await conn.execute("SELECT pg_catalog.pg_notify('crm_realtime', '')")
@@ -197,12 +225,14 @@ class Recovery:
         self._replayer = replayer
         self._listener = listener
         self._wait_for_listener = settings.listener_check_seconds + settings.listener_timeout_seconds
-        self._readers = asyncio.Semaphore(settings.recovery_readers)
+        self._readers = settings.recovery_readers
         self._holds: Dict[str, Hold] = {}
         self._by_room: Dict[str, List[Hold]] = defaultdict(list)
-        self._pending: Dict[str, List[Hold]] = defaultdict(list)   # organization -> holds to serve
-        self._workers: Dict[str, asyncio.Task] = {}
-        self._batch_after: Optional[str] = None    # the position a batch being dispatched ends at
+        self._pending: List[Hold] = []              # held, waiting for a round
+        self._rounds = 0                             # rounds running
+        self._batch_after: Optional[str] = None     # the position a batch being dispatched ends at
+        self._idle = asyncio.Event()                 # set while no batch is being dispatched
+        self._idle.set()
 
     # ------------------------------------------------------------------ at connect
 
@@ -210,8 +240,12 @@ class Recovery:
         """(position to replay from or None, pid to announce) for a connecting socket."""
         pid = auth.get('pid')
         if pid is not None:
-            start = Position.decode(auth.get('offset')) or pid_position(pid)
-            if start is None:
+            # An offset that is present but not one of ours means "cannot tell
+            # what you have": never fall back to the pid's start, which would
+            # replay what the client already received.
+            offset = auth.get('offset')
+            start = Position.decode(offset) if offset is not None else pid_position(pid)
+            if start is None or not valid_pid(pid):
                 self._metrics.recoveries.labels('invalid').inc()
                 log.info('socket %s: recovery impossible (no usable offset)', sid)
             elif await self._can_replay(start):
@@ -234,14 +268,21 @@ class Recovery:
         try:
             if not await self._replayer.available(start):
                 return False
+            horizon = Snapshot.parse(start.horizon)
+            live = self._listener.position
+            if live is not None and Snapshot.parse(live).sees_all_of(horizon):
+                return True
+            # This replica has not read as far as the client got: it may come
+            # from a replica that is ahead. A position the database itself has
+            # not reached was made by no replica: refuse it at once.
+            if not Snapshot.parse(await self._replayer.current_snapshot()).sees_all_of(horizon):
+                return False
         except Exception as exc:  # noqa: BLE001 - the database is away: no recovery
             log.warning('recovery check failed: %s', exc.__class__.__name__)
             return False
-        # This replica must have read at least as far as the client got (it may
-        # have been connected to a replica that is ahead of us).
-        horizon = Snapshot.parse(start.horizon)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_for_listener
+        await self._replayer.wake_listeners()
         while True:
             live = self._listener.position
             if live is not None and Snapshot.parse(live).sees_all_of(horizon):
@@ -249,10 +290,9 @@ class Recovery:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            await self._replayer.wake_listeners()
             await self._listener.wait_advanced(min(remaining, 0.5))
 
-    def hold(self, sid, ident, start: Position) -> None:
+    def hold(self, sid, ident, rooms: List[str], start: Position) -> None:
         """Put a socket on hold at the live position; synchronous, like joining a room.
 
         Called after ``start`` said yes and before the CONNECT answer goes out.
@@ -261,23 +301,22 @@ class Recovery:
         deliveries can await), the replay reaches the end of that batch
         instead, and none of it is kept.
         """
-        rooms = [org_room(ident.organization_id)]
-        if ident.user_id is not None:
-            rooms.append(user_room(ident.organization_id, ident.user_id))
         target = self._batch_after if self._batch_after is not None else self._listener.position
         h = Hold(sid, ident.organization_id, ident.user_id, rooms, start, target)
         self._holds[sid] = h
         for room in rooms:
             self._by_room[room].append(h)
-        self._pending[h.organization_id].append(h)
-        if h.organization_id not in self._workers:
-            self._workers[h.organization_id] = asyncio.ensure_future(self._serve(h.organization_id))
+        self._pending.append(h)
+        if self._rounds < self._readers:
+            self._rounds += 1
+            asyncio.ensure_future(self._serve())
 
     # ------------------------------------------------------------------ live batches
 
     def batch_started(self, batch: List[Tuple[Delivery, str]], after: str) -> None:
         """The live stream is about to dispatch ``batch`` (ending at ``after``): keep it for the holds."""
         self._batch_after = after
+        self._idle.clear()
         if not self._holds:
             return
         touched = {}
@@ -295,6 +334,7 @@ class Recovery:
 
     def batch_done(self) -> None:
         self._batch_after = None
+        self._idle.set()
 
     def forget(self, sid) -> None:
         """The socket disconnected."""
@@ -325,28 +365,33 @@ class Recovery:
 
     # ------------------------------------------------------------------ catch-up
 
-    async def _serve(self, organization_id: str) -> None:
+    async def _serve(self) -> None:
+        """Rounds until nobody waits: every socket held meanwhile is served by one journal read."""
         try:
             while True:
-                await asyncio.sleep(0.005)      # let the connects of this tick join the group
-                holds = [h for h in self._pending.pop(organization_id, []) if not h.done]
+                await asyncio.sleep(ROUND_WINDOW)     # let the reconnect storm join this round
+                holds = [h for h in self._pending if not h.done]
+                self._pending = []
                 if not holds:
                     return
-                async with self._readers:
-                    await self._serve_group(organization_id, holds)
+                await self._serve_round(holds)
         finally:
-            self._workers.pop(organization_id, None)
+            self._rounds -= 1
 
-    async def _serve_group(self, organization_id: str, holds: List[Hold]) -> None:
+    async def _serve_round(self, holds: List[Hold]) -> None:
+        orgs = sorted({h.organization_id for h in holds})
         users = sorted({h.user_id for h in holds if h.user_id is not None})
         xmin = min(Snapshot.parse(h.start.base).xmin for h in holds)
         to = holds[-1].target       # the latest: holds are made in live-position order
-        read = await self._read_group(organization_id, users, xmin, to)
+        read = await self._read_round(orgs, users, xmin, to)
         if read is None:
             for h in holds:
                 self._give_up(h, 'the journal could not be read')
             return
         pruned, rows = read
+        by_org = defaultdict(list)
+        for row in rows:
+            by_org[row[4]].append(row)
         for h in holds:
             if h.done:
                 continue
@@ -354,18 +399,18 @@ class Recovery:
                 self._give_up(h, 'journal pruned during recovery')
                 continue
             try:
-                await self._replay(h, h.rows(rows))
+                await self._replay(h, h.rows(by_org.get(h.organization_id, ())))
             except Exception:  # noqa: BLE001 - the client reconnects and recovers again
                 log.exception('socket %s: recovery failed', h.sid)
                 self._give_up(h, 'recovery failed')
 
-    async def _read_group(self, organization_id, users, xmin, to):
+    async def _read_round(self, orgs, users, xmin, to):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_for_listener
         delay = 0.1
         while True:
             try:
-                return await self._replayer.group(organization_id, users, xmin, to)
+                return await self._replayer.round(orgs, users, xmin, to)
             except Exception as exc:  # noqa: BLE001 - retried on a fresh connection
                 if loop.time() + delay > deadline:
                     log.warning('recovery read failed (%s); giving up', exc.__class__.__name__)
@@ -374,22 +419,32 @@ class Recovery:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def _send(self, h: Hold, items) -> bool:
+        for n, (delivery, offset) in enumerate(items, 1):
+            if h.done or not await self._fanout.deliver_to_sid(h.sid, delivery, offset):
+                return False
+            if n % REPLAY_SLICE == 0:
+                await asyncio.sleep(0)      # a long replay does not stall everyone else
+        return not h.done
+
     async def _replay(self, h: Hold, missed: List[Tuple[Change, str]]) -> None:
-        for change, offset in missed:
-            for delivery in route(change):
-                if h.done or not await self._fanout.deliver_to_sid(h.sid, delivery, offset):
-                    return
+        if not await self._send(h, ((d, offset) for change, offset in missed for d in route(change))):
+            return
         # What arrived while the replay was read and sent; the socket joins its
-        # rooms in the same step as the last kept delivery is taken.
+        # rooms in the same step as the last kept delivery is taken, and never
+        # while a batch is being dispatched (it was kept whole for this socket:
+        # joining half-way would send the rest of it twice).
         while not h.done:
             if not h.kept:
+                if not self._idle.is_set():
+                    await self._idle.wait()
+                    continue
                 self._release(h)
                 self._fanout.join(h.sid, h.rooms)
                 return
             kept, h.kept = h.kept, []
-            for delivery, offset in kept:
-                if h.done or not await self._fanout.deliver_to_sid(h.sid, delivery, offset):
-                    return
+            if not await self._send(h, kept):
+                return
 
     def _give_up(self, h: Hold, why: str) -> None:
         if h.done:

@@ -169,7 +169,7 @@ async def test_every_client_recovers_after_kill_9_with_writes_going_on(database)
         with urllib.request.urlopen(second.url + '/metrics', timeout=5) as r:
             metrics = r.read().decode()
         reads = float(next(line.split()[1] for line in metrics.splitlines()
-                           if line.startswith('crm_realtime_recovery_reads ')))
+                           if line.startswith('crm_realtime_recovery_reads_total ')))
         assert 0 < reads < len(clients) / 2, f'{reads} journal reads for {len(clients)} recoveries'
         log = second.log()
         assert 'could not catch up' not in log and 'Traceback' not in log

@@ -93,13 +93,9 @@ async def test_a_cross_origin_websocket_is_refused_when_cors_is_unset(database, 
     sc = await make_sidecar(database)
     req = HTTPRequest(_ws_url(sc, 'EIO=4&transport=websocket'),
                       headers={'Origin': 'http://evil.example'})
-    try:
-        ws = await websocket_connect(req)
-    except HTTPClientError as exc:
-        assert exc.code == 403
-        return
-    _, end = await _messages_until_closed(ws, 3)
-    assert end is None, 'a refused cross-origin websocket was left open'
+    with pytest.raises(HTTPClientError) as refused:      # before the upgrade, not after a 101
+        await websocket_connect(req)
+    assert refused.value.code == 403
 
 
 async def _polling_handshake(sc):
@@ -242,3 +238,158 @@ async def test_recovery_survives_the_pools_backends_being_terminated(database, m
         await c.wait_events(1 + len(missed))
         await asyncio.sleep(0.3)
         assert [e[1]['firstname'] for e in c.events] == ['seen'] + missed, kind
+
+
+# --------------------------------------------------------------------------- sessions on polling
+
+POLL = '/socket.io/?EIO=4&transport=polling'
+
+
+async def _raw_session(sc, auth, source=None):
+    """A polling session opened by hand: (sid, CONNECT answer data)."""
+    http = AsyncHTTPClient()
+    r = await http.fetch(HTTPRequest(sc.url + POLL, network_interface=source))
+    body = r.body.decode()
+    sid = json.loads(body[body.index('{'):])['sid']
+    await http.fetch(HTTPRequest(sc.url + POLL + f'&sid={sid}', method='POST', network_interface=source,
+                                 body='40' + json.dumps(auth),
+                                 headers={'Content-Type': 'text/plain;charset=UTF-8'}))
+    r = await http.fetch(HTTPRequest(sc.url + POLL + f'&sid={sid}', network_interface=source))
+    answer = r.body.decode()
+    assert answer.startswith('40'), answer
+    return sid, json.loads(answer[2:])
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stolen_polling_sid_from_another_address_gets_nothing(database, make_sidecar, clients):
+    sc = await make_sidecar(database)
+    victim = await clients(sc.url, make_token(1, 11), transports=('polling',))
+    stolen = victim.client.eio.sid
+    http = AsyncHTTPClient()
+    with pytest.raises(HTTPClientError) as refused:
+        await http.fetch(HTTPRequest(sc.url + POLL + f'&sid={stolen}', network_interface='127.0.0.2'))
+    assert refused.value.code == 400
+    upgrade = HTTPRequest(_ws_url(sc, f'EIO=4&transport=websocket&sid={stolen}'),
+                          network_interface='127.0.0.2')
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(upgrade)
+    assert refused.value.code == 400
+    for i in range(5):
+        database.insert_prospect(1, firstname=f'secret{i}')
+    await victim.wait_events(5)
+    assert [p['firstname'] for p in victim.named('prospect:created')] == [f'secret{i}' for i in range(5)]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_poll_overlapping_the_sessions_pending_poll_is_refused(database, make_sidecar):
+    sc = await make_sidecar(database)
+    sid, _ = await _raw_session(sc, {'token': make_token(1, 11)})
+    http = AsyncHTTPClient()
+    pending = asyncio.ensure_future(http.fetch(sc.url + POLL + f'&sid={sid}', request_timeout=20))
+    await asyncio.sleep(0.3)
+    assert not pending.done()
+    with pytest.raises(HTTPClientError) as refused:     # same address, someone else holding the sid
+        await http.fetch(sc.url + POLL + f'&sid={sid}')
+    assert refused.value.code == 400
+    database.insert_prospect(1, firstname='for the victim')
+    r = await asyncio.wait_for(pending, 10)
+    assert 'for the victim' in r.body.decode()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_second_websocket_racing_an_upgrade_gets_nothing(database, make_sidecar):
+    sc = await make_sidecar(database)
+    sid, _ = await _raw_session(sc, {'token': make_token(1, 11)})
+    ws_url = _ws_url(sc, f'EIO=4&transport=websocket&sid={sid}')
+    victim = await websocket_connect(ws_url)
+    victim.write_message('2probe')
+    assert await victim.read_message() == '3probe'      # the victim's upgrade is under way
+    attacker = await websocket_connect(ws_url)
+    await asyncio.sleep(0.2)
+    victim.write_message('5')                           # the victim completes its upgrade
+    await asyncio.sleep(0.3)
+    database.insert_prospect(1, firstname='secret')
+    got, end = await _messages_until_closed(attacker, 3)
+    assert not any('secret' in m for m in got if isinstance(m, str)), got
+    assert end is None
+    seen, _ = await _messages_until_closed(victim, 1)
+    assert any('secret' in m for m in seen if isinstance(m, str)), seen
+
+
+# --------------------------------------------------------------------------- forged positions
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_offset_that_is_not_ours_is_not_recovered_from_the_pids_start(database, make_sidecar):
+    sc = await make_sidecar(database)
+    token = make_token(1, 11)
+    _, first = await _raw_session(sc, {'token': token})
+    pid = first['pid']
+    database.insert_prospect(1, firstname='seen')
+    # a mangled offset: a new pid (recovered === false), not a replay from the pid's start
+    _, answer = await _raw_session(sc, {'token': token, 'pid': pid, 'offset': 'not-an-offset'})
+    assert answer['pid'] != pid
+    # no offset at all (nothing received yet): the pid's start is the position
+    _, answer = await _raw_session(sc, {'token': token, 'pid': pid})
+    assert answer['pid'] == pid
+    # a pid not shaped like ours is never echoed back
+    _, answer = await _raw_session(sc, {'token': token, 'pid': 'x' * 5000 + '.' + pid.split('.', 1)[1]})
+    assert answer['pid'] != 'x' * 5000 + '.' + pid.split('.', 1)[1]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_offset_from_the_future_is_refused_at_once_without_a_wakeup_storm(database, make_sidecar):
+    sc = await make_sidecar(database, SIDECAR_LISTENER_CHECK_SECONDS='5', SIDECAR_LISTENER_TIMEOUT_SECONDS='5')
+    xmax = int(database.execute('SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text')[0][0])
+    future = f'{xmax + 10**6}:{xmax + 10**6}:'
+    token = make_token(1, 11)
+    reads = sc.listener.reads if hasattr(sc.listener, 'reads') else None
+    started = time.monotonic()
+    answers = await asyncio.gather(*[_raw_session(sc, {'token': token, 'pid': 'abcdefghijkl.' + future,
+                                                       'offset': future}) for _ in range(20)])
+    assert time.monotonic() - started < 5          # not the 10 s of waiting for the listener
+    assert all(a['pid'] != 'abcdefghijkl.' + future for _, a in answers)
+    assert sc.replayer.queries <= 2 * len(answers) + 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_public_path_sends_nothing_twice_to_a_client_joining_mid_batch(
+        database, make_sidecar, clients, monkeypatch):
+    """Deliveries that await (the public path): a client held during a batch joins after it."""
+    import engineio
+    import socketio as sio_lib
+    from sidecar import realtime, wire
+    monkeypatch.setattr(realtime, 'check', lambda sio: wire.WirePath(False, ['forced by the test']))
+    original = engineio.AsyncServer.send_packet
+
+    async def slow_send(self, sid, pkt):
+        await asyncio.sleep(0.002)
+        return await original(self, sid, pkt)
+
+    monkeypatch.setattr(engineio.AsyncServer, 'send_packet', slow_send)
+    sc = await make_sidecar(database)
+    for i in range(20):
+        await clients(sc.url, make_token(1, 100 + i))
+    cursor = json.loads((await AsyncHTTPClient().fetch(sc.url + '/cursor')).body)['cursor']
+    database.execute("INSERT INTO prospects (organization_id, firstname) "
+                     "SELECT 1, 'p' || g FROM generate_series(1, 30) g")
+    deadline = time.monotonic() + 5
+    while sc.realtime.recovery._batch_after is None:
+        assert time.monotonic() < deadline, 'the batch was never seen in flight'
+        await asyncio.sleep(0.001)
+    got = []
+    late = sio_lib.AsyncClient(reconnection=False)
+
+    @late.on('prospect:created')
+    async def on_created(p, *offset):
+        got.append(p['firstname'])
+
+    await late.connect(sc.url, auth={'token': make_token(1, 11), 'since': cursor}, transports=['websocket'])
+    try:
+        deadline = time.monotonic() + 10
+        while len(got) < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        database.insert_prospect(1, firstname='after')
+        await asyncio.sleep(1.5)
+    finally:
+        await late.disconnect()
+    assert got == [f'p{g}' for g in range(1, 31)] + ['after']

@@ -21,8 +21,10 @@ Private names relied on (versions in the package docstring):
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import re
 from typing import Dict
 
 import engineio
@@ -86,16 +88,12 @@ class EngineIOServer(engineio.AsyncServer):
     def ping_interval(self, value: float) -> None:
         self._ping_every = value
 
-    def socket(self, eio_sid):
-        return self.sockets.get(eio_sid)
-
     async def close_all(self, timeout: float = 2.0) -> None:
         """Close every session at the engine.io level (shutdown): clients reconnect elsewhere.
 
         Not ``disconnect()``: it waits for each polling client to collect its
         CLOSE packet, which a client that went away never does.
         """
-        import asyncio
         for sock in list(self.sockets.values()):
             try:
                 await asyncio.wait_for(sock.close(wait=False, abort=False), timeout)
@@ -141,11 +139,39 @@ def _accepting_websocket(server: EngineIOServer, base):
     return AcceptedWebSocket
 
 
+_SESSION_WORDS = re.compile(r'\b(session|sid)\b(\s*[:=]?\s*)([A-Za-z0-9_-]{8,})')
+
+
+class QuietLibraryLog(logging.Filter):
+    """What engine.io and socketio log, without session ids and without tracebacks.
+
+    engine.io logs "Invalid session <sid>" and "Unexpected HTTP request for
+    session <sid>" at ERROR, and a malformed polling body as a traceback: a
+    client could fill the log with tracebacks, and a sid in a log is a
+    session for whoever reads it. Records keep their level; the sid becomes
+    ``<hidden>`` and an exception becomes its class name.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _SESSION_WORDS.sub(r'\1\2<hidden>', record.getMessage())
+        if record.exc_info:
+            exc = record.exc_info[1]
+            message = f'{message} ({exc.__class__.__name__ if exc else "error"})'
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = message, ()
+        return True
+
+
 class SocketServer(socketio.AsyncServer):
     """``AsyncServer`` on our engine.io, whose CONNECT answer can carry a recovery ``pid``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        quiet = QuietLibraryLog()
+        for logger in {self.logger, self.eio.logger}:
+            if not any(isinstance(f, QuietLibraryLog) for f in logger.filters):
+                logger.addFilter(quiet)
         self._connect_pids = {}      # (eio_sid, namespace) -> pid to announce
 
     def _engineio_server_class(self):

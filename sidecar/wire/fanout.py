@@ -42,7 +42,7 @@ Private names relied on (versions in the package docstring): socketio's
 ``closing``/``queue`` (``put_nowait``, ``_unfinished_tasks`` via queues.py);
 tornado's ``IOStream._write_buffer`` (unsent bytes) and ``_connecting``.
 Which path runs (direct or engine.io's public ``send_packet``) is decided once
-by ``contract.direct_path_available`` and shown in the log and ``/metrics``.
+by ``contract.check`` and shown in the log and ``/metrics``.
 """
 from __future__ import annotations
 

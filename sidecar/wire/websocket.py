@@ -2,7 +2,9 @@
 
 Private names relied on (versions in the package docstring): the tornado
 driver's handler calls ``on_message`` / ``get_next_message`` / ``on_close`` on
-its ``receive_queue`` (kept, with a lighter queue); ``WebSocketHandler.
+its ``receive_queue`` (kept, with a lighter queue), and its ``get`` hands a
+non-upgrade GET to engine.io; socketio's ``AsyncServer.environ`` (the
+handshake environ per engine.io sid: its ``REMOTE_ADDR``); ``WebSocketHandler.
 ws_connection`` and its ``_compressor`` (None when deflate is off) and
 ``stream`` (the IOStream raw frames are written to, see fanout.py).
 
@@ -13,6 +15,13 @@ What changes, all about running in production:
   leaves it open. Here the engine.io request runs in a task of ours; when it
   ends, whether engine.io served the websocket or refused it, the websocket
   is closed (1008 when refused).
+* **A session is its client's.** engine.io takes the ``sid`` of a request as
+  the session's only credential. Here a request naming a session (a poll, a
+  post, an upgrade) is refused with 400 unless it comes from the address that
+  opened the session (``REMOTE_ADDR`` of the handshake; behind a proxy, from
+  ``X-Forwarded-For``), and a poll that overlaps the session's pending poll is
+  refused (socket.io-client never sends two at once; a second one is someone
+  else holding the sid).
 * **Origins checked before the upgrade.** With ``SIDECAR_CORS_ORIGINS`` unset
   (same origin only) a cross-origin websocket gets 403 from tornado instead of
   a 101 followed by engine.io's refusal.
@@ -53,7 +62,8 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
 
     @tornado.web.stream_request_body
     class Handler(base):
-        live = set()
+        live = set()        # open websockets
+        polls = set()       # sids with a poll pending
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -61,6 +71,41 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
             self._chunks = []
             self._size = 0
             self._refused = False
+
+        # -------------------------------------------------------------- sessions
+
+        def _foreign_session(self) -> bool:
+            """True (and a 400 sent) when the request names a session that is not its client's."""
+            sid = self.get_query_argument('sid', None)
+            if not sid:
+                return False
+            opened = sio.environ.get(sid)
+            if opened is not None and opened.get('REMOTE_ADDR') != self.request.remote_ip:
+                return self._refuse_session('a request for a session opened from another address')
+            return False
+
+        def _refuse_session(self, what: str) -> bool:
+            log.info('refused %s (from %s)', what, self.request.remote_ip)
+            self.set_status(400)
+            self.finish('Bad request')
+            return True
+
+        async def get(self, *args, **kwargs):
+            if self._foreign_session():
+                return
+            sid = self.get_query_argument('sid', None)
+            upgrade = self.request.headers.get('Upgrade', '').lower() == 'websocket'
+            if sid is None or upgrade:
+                return await super().get(*args, **kwargs)
+            polls = type(self).polls
+            if sid in polls:
+                self._refuse_session('a poll overlapping the pending poll of its session')
+                return
+            polls.add(sid)
+            try:
+                await super().get(*args, **kwargs)
+            finally:
+                polls.discard(sid)
 
         # -------------------------------------------------------------- HTTP bodies
 
@@ -94,6 +139,8 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
             self.request.connection.stream.close()  # the rest of the body is not read
 
         async def post(self, *args, **kwargs):
+            if self._foreign_session():
+                return
             self.request.body = b''.join(self._chunks)
             self._chunks = []
             await eio.handle_request(self)
