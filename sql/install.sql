@@ -718,6 +718,9 @@ BEGIN
     RETURN v_count;
 END
 $$;
+-- SECURITY DEFINER: only the roles the DBA grants it to may empty the journal
+-- (PostgreSQL gives EXECUTE on a new function to PUBLIC).
+REVOKE ALL ON FUNCTION "crm_realtime"."prune"(interval) FROM PUBLIC;
 
 -- ---- Calendly (sidecar-owned tables) ----
 -- Written by the sidecar only (sidecar/calendly); the CRM's tables are written

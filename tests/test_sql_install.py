@@ -219,3 +219,42 @@ def test_an_inheritance_child_and_a_partition_are_captured(database):
     assert database.execute("SELECT bool_and(crm_realtime._triggers_current(relation, kind)) "
                             "FROM crm_realtime.watched_table") == [(True,)]
     assert database.execute("SELECT count(*) FROM crm_realtime.mapping_status WHERE state <> 'ok'") == [(0,)]
+
+
+def _readme_sidecar_grants(role: str) -> str:
+    """Step 4 of sql/README.md, as written there, for ``role``."""
+    import re
+    text = (ROOT / 'sql' / 'README.md').read_text()
+    block = re.search(r'4\. Give the sidecar a role.*?```sql\n(.*?)```', text, re.S).group(1)
+    return block.replace("CREATE ROLE crm_realtime LOGIN PASSWORD '...';", '').replace(
+        'TO crm_realtime', f'TO "{role}"')
+
+
+def test_the_readme_sidecar_role_reads_and_prunes_but_cannot_forge(database):
+    import uuid
+    role, bystander = f'crm_rt_sidecar_{uuid.uuid4().hex[:8]}', f'crm_rt_other_{uuid.uuid4().hex[:8]}'
+    database.execute(f'CREATE ROLE "{role}" LOGIN')
+    database.execute(f'CREATE ROLE "{bystander}" LOGIN')
+    try:
+        database.execute(_readme_sidecar_grants(role))
+        database.execute(f'GRANT USAGE ON SCHEMA crm_realtime TO "{bystander}"')
+        database.insert_prospect(1)
+        with database.connect() as conn:
+            conn.execute(f'SET ROLE "{role}"')
+            assert conn.execute('SELECT count(*) FROM crm_realtime.journal').fetchone()[0] == 1
+            conn.execute("SELECT crm_realtime.prune('24 hours')")
+            for forge in ("INSERT INTO crm_realtime.journal (kind, op, organization_id, data) "
+                          "VALUES ('notification', 'created', '2', '{}')",
+                          "UPDATE crm_realtime.watched_table SET kind = kind",
+                          "UPDATE crm_realtime.journal_state SET pruned_below = pruned_below"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(forge)
+        with database.connect() as conn:
+            conn.execute(f'SET ROLE "{bystander}"')      # USAGE alone: prune is not PUBLIC
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT crm_realtime.prune('0')")
+        assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(1,)]
+    finally:
+        for r in (role, bystander):
+            database.execute(f'DROP OWNED BY "{r}"')
+            database.execute(f'DROP ROLE "{r}"')
