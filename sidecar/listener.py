@@ -222,6 +222,10 @@ class Listener:
             _resolve(self._readable)
         await self._close()
 
+    def explain(self, exc: BaseException) -> Optional[str]:
+        """The DBA step that fixes ``exc`` for this sidecar's database and role, if it is one."""
+        return explain(exc, self._database(), self._role())
+
     def _database(self) -> str:
         try:
             return psycopg.conninfo.conninfo_to_dict(self._url).get('dbname') or '?'

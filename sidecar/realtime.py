@@ -185,5 +185,6 @@ class Realtime:
         self.metrics.journal_lag.set(max(0.0, time.time() - changes[-1].recorded_at))
 
     def cursor(self) -> Optional[str]:
-        """The live position: a client that passes it as ``auth.since`` misses nothing after it."""
-        return self.listener.position
+        """The live position (None while the journal cannot be read): a client that passes it as
+        ``auth.since`` misses nothing after it."""
+        return self.listener.position if self.listener.ready else None

@@ -278,7 +278,9 @@ class Recovery:
             if not Snapshot.parse(await self._replayer.current_snapshot()).sees_all_of(horizon):
                 return False
         except Exception as exc:  # noqa: BLE001 - the database is away: no recovery
-            log.warning('recovery check failed: %s', exc.__class__.__name__)
+            hint = self._listener.explain(exc)
+            log.warning('recovery check failed (%s)%s', exc.__class__.__name__,
+                        f': {hint}' if hint else '; the client gets recovered=false')
             return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_for_listener

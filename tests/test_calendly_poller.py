@@ -312,3 +312,18 @@ async def test_reauth_gauge_is_right_from_start_up(database, fake_calendly, make
         assert time.monotonic() < deadline, 'the gauge never counted the connection'
         await asyncio.sleep(0.05)
     assert fake_calendly.requests == []       # counted from the database, no poll needed
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_sidecar_without_the_encryption_key_says_so_when_connections_exist(
+        database, fake_calendly, make_sidecar, caplog):
+    import logging
+    await start(database, make_sidecar, fake_calendly)          # a connection, stored with the key
+    caplog.set_level(logging.INFO, logger='crm_realtime')
+    env = calendly_env(fake_calendly)
+    del env['SIDECAR_CALENDLY_ENCRYPTION_KEY']
+    keyless = component_of(await make_sidecar(database, **env))
+    assert await keyless.check_state() == 'on'
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any('SIDECAR_CALENDLY_ENCRYPTION_KEY is not set' in m and 'webhooks answer 503' in m
+               for m in errors), errors

@@ -146,7 +146,8 @@ def test_version_and_help():
 
 REALTIME_GRANTS = '''
     GRANT USAGE ON SCHEMA crm_realtime TO ROLE;
-    GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, crm_realtime.watched_table TO ROLE;
+    GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, crm_realtime.watched_table,
+                    crm_realtime.mapping_status TO ROLE;
     GRANT EXECUTE ON FUNCTION crm_realtime.prune(interval) TO ROLE;
 '''
 

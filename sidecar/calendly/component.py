@@ -184,8 +184,11 @@ class CalendlyComponent(Calendly):
                                   '`crm-realtime calendly connect` turns it on')
         else:
             state, text = 'on', f'calendly: on ({count} connection{"s" if count > 1 else ""})'
+            if not self.settings.calendly_encryption_key:
+                text += ('; but SIDECAR_CALENDLY_ENCRYPTION_KEY is not set, so webhooks answer 503 '
+                         'and polls fail until it is set to the key the connections were stored with')
         if text != self._logged_state:
-            log.info('%s', text)
+            log.log(logging.ERROR if 'not set' in text else logging.INFO, '%s', text)
             self._logged_state = text
         return state
 

@@ -128,8 +128,9 @@ class Poller:
                 log.warning('calendly connection %s: poll stopped (%s); watermark kept', connection_id,
                             result.error)
             await self.store.finish_poll(connection_id, started, result.error, conn)
-            log.info('calendly connection %s: polled %d events, fetched %d, %d bookings applied',
-                     connection_id, result.events, result.events_fetched, result.applied)
+            if not result.error:
+                log.info('calendly connection %s: polled %d event(s), fetched %d, %d booking(s) applied',
+                         connection_id, result.events, result.events_fetched, result.applied)
         return result
 
     async def _poll(self, connection: Connection, result: PollResult, conn) -> None:

@@ -151,8 +151,14 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
             if cors_origins == '*':
                 return True
             if cors_origins:
-                return origin in cors_origins
-            return tornado.websocket.WebSocketHandler.check_origin(self, origin)
+                allowed = origin in cors_origins
+            else:
+                allowed = tornado.websocket.WebSocketHandler.check_origin(self, origin)
+            if not allowed:
+                log.warning('refused a websocket from origin %s (from %s): not in SIDECAR_CORS_ORIGINS%s',
+                            origin[:200], self.request.remote_ip,
+                            '' if cors_origins else ', which is unset (same origin only)')
+            return allowed
 
         async def on_message(self, message):
             self.receive_queue.put_nowait(message)
