@@ -326,3 +326,17 @@ def test_client_bundle_install_makes_an_installed_sidecar_serve_the_official_cli
     status = crm_realtime('client-bundle', 'status', env=env, cwd=cwd, python=python)
     assert status.returncode == 0 and status.stdout.startswith('socket.io-client 4.')
     assert sorted(p.name for p in home.iterdir()) == ['dist', 'package.json']   # npm's scratch is gone
+
+
+def test_demo_refuses_a_database_that_is_not_its_own(database, empty_database):
+    """A SIDECAR_DATABASE_URL left exported from a real set-up never gets demo rows."""
+    users = database.execute('SELECT count(*) FROM users')
+    result = crm_realtime('demo', '--no-serve', env=_demo_env(free_port()) | {'SIDECAR_DATABASE_URL': database.url})
+    assert result.returncode == 2
+    assert f'crm-realtime demo: database "{database.name}" (SIDECAR_DATABASE_URL) already holds' in result.stderr
+    assert 'give it an empty scratch database, or unset SIDECAR_DATABASE_URL' in result.stderr
+    assert database.execute('SELECT count(*) FROM users') == users
+    # an empty database is fine, and stays the demo's for the next run
+    for _ in range(2):
+        result = crm_realtime('demo', '--no-serve', env=_demo_env(free_port()) | {'SIDECAR_DATABASE_URL': empty_database.url})
+        assert result.returncode == 0, result.stderr

@@ -1,6 +1,6 @@
 """``crm-realtime demo``: everything needed to watch live events, in one command.
 
-Uses ``SIDECAR_DATABASE_URL`` when set (it must be a scratch database: the
+Uses ``SIDECAR_DATABASE_URL`` when set (it must be an empty scratch database or one the demo made, see ``prepare_database``: the
 reference CRM tables are created in it), otherwise starts an embedded
 PostgreSQL (the ``pgserver`` package). Then loads the reference CRM schema and a
 few rows, installs ``sql/install.sql``, serves, and prints tokens.
@@ -67,9 +67,37 @@ def start_embedded(data_dir=None):
     return server, server.get_uri()
 
 
+#: a table the demo creates in its database, so that a later run knows the database is its own
+DEMO_MARK = 'crm_realtime_demo_database'
+
+
+class NotADemoDatabase(Exception):
+    pass
+
+
 def prepare_database(url: str) -> None:
-    """Reference schema + seed rows + install.sql; safe to run again."""
+    """Reference schema + seed rows + install.sql; safe to run again.
+
+    Refuses a database that holds tables of its own and was not made by the
+    demo: the demo writes demo users, prospects and a Calendly connection
+    into it (a SIDECAR_DATABASE_URL left exported from a real set-up would
+    otherwise get them).
+    """
     with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE c.relname = %s) FROM pg_catalog.pg_class AS c "
+            "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            [DEMO_MARK]).fetchone()
+        if tables[0] and not tables[1]:
+            raise NotADemoDatabase(
+                f'database "{conn.info.dbname}" (SIDECAR_DATABASE_URL) already holds {tables[0]} '
+                'table(s) and was not made by the demo, which writes demo rows and a Calendly '
+                'connection into its database: give it an empty scratch database, or unset '
+                'SIDECAR_DATABASE_URL for an embedded one.')
+        conn.execute(f'CREATE TABLE IF NOT EXISTS public."{DEMO_MARK}" ()')
+        conn.execute(f'COMMENT ON TABLE public."{DEMO_MARK}" IS '
+                     "'made by crm-realtime demo: this database holds demo data only'")
         conn.execute(sql_text('examples/reference_crm.sql'))
         conn.execute(sql_text('install.sql'))
         with conn.transaction():
@@ -137,7 +165,11 @@ def run_demo(args) -> int:
 
 def _run(args, settings, embedded: bool, temporary: bool) -> int:
     configure_logging(settings.log_level)
-    prepare_database(settings.database_url)
+    try:
+        prepare_database(settings.database_url)
+    except NotADemoDatabase as exc:
+        print(f'crm-realtime demo: {exc}', file=sys.stderr)
+        return 2
     tokens = demo_tokens(settings.jwt_secret)
     # the user's own URL may hold a password: name the variable instead
     psql = f"psql '{settings.database_url}'" if embedded else 'psql "$SIDECAR_DATABASE_URL"'
