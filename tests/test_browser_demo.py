@@ -64,6 +64,8 @@ class DemoProcess(SidecarProcess):
 
 @pytest.fixture
 def demo(database):
+    from sidecar.demo.demo import DEMO_MARK
+    database.execute(f'CREATE TABLE "{DEMO_MARK}" ()')     # a scratch database, given to the demo
     env = sidecar_env(database, SIDECAR_CALENDLY_POLL_SECONDS=5)   # first poll 5 s after start
     env.pop('SIDECAR_JWT_SECRET')
     process = DemoProcess(env)

@@ -129,7 +129,7 @@ class Poller:
                             result.error)
             await self.store.finish_poll(connection_id, started, result.error, conn)
             if not result.error:
-                log.info('calendly connection %s: polled %d event(s), fetched %d, %d booking(s) applied',
+                log.info('calendly connection %s: polled %d events, fetched %d, %d bookings applied',
                          connection_id, result.events, result.events_fetched, result.applied)
         return result
 
