@@ -276,3 +276,17 @@ async def test_websockets_send_small_frames_without_nagle_delay(database, make_s
     for handler in sc.realtime.sio.eio.websockets.values():
         sock = handler.ws_connection.stream.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_update_carries_the_rows_new_updated_at(database, make_sidecar, clients):
+    """The reference CRM moves updated_at on a change, as a CRM does; the event carries it."""
+    sc = await make_sidecar(database)
+    c = await clients(sc.url, make_token(1, 11))
+    pid = database.insert_prospect(1, firstname='Ada')
+    await c.wait_events(1)
+    await asyncio.sleep(0.05)
+    database.execute("UPDATE prospects SET status = 'won' WHERE id = %s", [pid])
+    await c.wait_events(2)
+    created, updated = c.named('prospect:created')[0], c.named('prospect:updated')[0]
+    assert updated['status'] == 'won' and updated['updated_at'] > created['updated_at']
