@@ -215,3 +215,27 @@ def test_prospects_of_another_watched_table_are_left_alone(odoo_db):
         conn.commit()
     assert [(op, data['id'], data.get('status')) for op, _, data in _journal(odoo_db)] == [
         ('created', 'p-1', None), ('updated', 'p-1', None), ('created', lead, 2)]
+
+
+@pytest.mark.parametrize('ddl', [
+    'ALTER TABLE crm_lead ALTER COLUMN company_id TYPE bigint',
+    'ALTER TABLE crm_lead RENAME COLUMN contact_name TO contact_full_name',
+    'ALTER TABLE crm_lead DROP COLUMN email_from',
+    'ALTER TABLE crm_lead ALTER COLUMN write_date TYPE timestamptz',
+])
+def test_the_fold_never_blocks_a_migration_nor_fails_a_commit_after_it(odoo_db, ddl):
+    """Issue 17 for the addon's own triggers: no column is named, so DDL passes and commits too."""
+    odoo_db.execute(ddl)
+    orm_insert = ORM_INSERT
+    if 'email_from' in ddl:
+        orm_insert = orm_insert.replace('"email_from", ', '').replace("'ada@example.com', ", '')
+    if 'contact_full_name' in ddl:
+        orm_insert = orm_insert.replace('"contact_name"', '"contact_full_name"')
+    with odoo_db.connect(autocommit=False) as conn:
+        with conn.cursor() as cur:
+            cur.execute(orm_insert, (1, 'Ada Lovelace'))
+            (lead,) = cur.fetchone()
+            cur.execute(ORM_FLUSH.format(ids=int(lead)), (2,))
+        conn.commit()
+    ((op, org, data),) = _journal(odoo_db)
+    assert (op, org, data['id'], data['status']) == ('created', '1', lead, 2)

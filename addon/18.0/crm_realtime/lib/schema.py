@@ -151,18 +151,28 @@ def _utc_columns(cr, table: str) -> set:
     return {row[0] for row in cr.fetchall()}
 
 
-def lead_payload_sql(alias: str, utc_columns) -> str:
-    """``jsonb_build_object(...)`` of a crm_lead row as a prospect event, the way the capture builds it."""
-    parts = [f"'id', {alias}.{_quote_ident(LEAD_PK_COLUMN)}"]
+def lead_payload_sql(row: str, utc_columns) -> str:
+    """``jsonb_build_object(...)`` of a crm_lead row as a prospect event, the way the capture builds it.
+
+    ``row`` is the row as JSON (``to_jsonb(l)``), so that no column is named in
+    SQL: a column the host renames, drops or retypes gives null (or its new
+    text), never an error inside the host's COMMIT, and never blocks its DDL.
+    """
+    parts = [f"'id', {row}->{_quote_literal(LEAD_PK_COLUMN)}"]
     for field, column in LEAD_FIELDS.items():
         if column is None:
             value = 'NULL'
         elif column in utc_columns:
-            value = f"({alias}.{_quote_ident(column)} AT TIME ZONE 'UTC')"
+            # as the capture does: the UTC text with its offset, which cannot fail
+            value = f"pg_catalog.to_jsonb((({row}->>{_quote_literal(column)}) || '+00:00')::text)"
         else:
-            value = f'{alias}.{_quote_ident(column)}'
+            value = f'{row}->{_quote_literal(column)}'
         parts.append(f"'{field}', {value}")
     return 'pg_catalog.jsonb_build_object(' + ', '.join(parts) + ')'
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def lead_at_commit_sql(utc_columns) -> str:
@@ -177,7 +187,8 @@ def lead_at_commit_sql(utc_columns) -> str:
     ``BEGIN ... EXCEPTION`` block per firing would open a subtransaction per lead.)
     """
     lead, org, pk = LEAD_TABLE, _quote_ident(LEAD_ORG_COLUMN), _quote_ident(LEAD_PK_COLUMN)
-    payload = lead_payload_sql('l', utc_columns)
+    payload = lead_payload_sql('r', utc_columns)
+    org_text = f"r->>{_quote_literal(LEAD_ORG_COLUMN)}"
     fn = f'"crm_realtime".{_quote_ident(LEAD_AT_COMMIT_FUNCTION)}'
     created, company_set = (_quote_ident(t) for t in LEAD_AT_COMMIT_TRIGGERS)
     return f"""
@@ -215,12 +226,13 @@ BEGIN
          WHERE b.first_op = 'created'
     ), decided AS (     -- keep the last creation, drop everything, or leave the lead alone
         SELECT b.keep_id, b.ids, {payload} AS payload,
-               CASE WHEN l.{pk} IS NULL OR l.{org} IS NULL THEN 'drop'     -- gone, or no company
-                    WHEN l.{org}::text = c."organization_id" THEN 'keep'
+               CASE WHEN r IS NULL OR {org_text} IS NULL THEN 'drop'     -- gone, or no company
+                    WHEN {org_text} = c."organization_id" THEN 'keep'
                     ELSE 'leave' END AS action
           FROM born b
           JOIN "crm_realtime"."journal" c ON c."txid" = v_txid AND c."id" = b.keep_id
           LEFT JOIN {lead} l ON l.{pk} = b.lead_id::bigint
+          CROSS JOIN LATERAL (SELECT pg_catalog.to_jsonb(l) AS r) AS lr
     )
     SELECT pg_catalog.array_agg(d.keep_id) FILTER (WHERE d.action = 'keep'),
            pg_catalog.array_agg(d.payload) FILTER (WHERE d.action = 'keep'),
@@ -245,9 +257,10 @@ DROP TRIGGER IF EXISTS {created} ON {lead};
 DROP TRIGGER IF EXISTS {company_set} ON {lead};
 CREATE CONSTRAINT TRIGGER {created} AFTER INSERT ON {lead}
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {fn}();
-CREATE CONSTRAINT TRIGGER {company_set} AFTER UPDATE OF {org} ON {lead}
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-    WHEN (OLD.{org} IS NULL AND NEW.{org} IS NOT NULL) EXECUTE FUNCTION {fn}();
+-- any update (not UPDATE OF company_id WHEN ...): a trigger naming a column
+-- would block the host's ALTER COLUMN ... TYPE and DROP COLUMN of it
+CREATE CONSTRAINT TRIGGER {company_set} AFTER UPDATE ON {lead}
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {fn}();
 """
 
 
