@@ -144,31 +144,35 @@ class Replayer:
     def __init__(self, pool, metrics=None):
         self._pool = pool
         self._metrics = metrics
-        self._pruned: Optional[Tuple[float, str]] = None
-        self._pruned_reading: Optional[asyncio.Future] = None
+        self._cache: Dict[str, Tuple[float, str]] = {}         # shared reads: key -> (when, value)
+        self._reading: Dict[str, asyncio.Future] = {}
         self.queries = 0            # journal reads made for recovery (bench/, /metrics)
         self._woken = 0.0
 
-    async def pruned_below(self, max_age: float = 1.0) -> str:
+    async def pruned_below(self) -> str:
         """The journal's prune horizon, read at most once a second however many ask."""
-        now = time.monotonic()
-        if self._pruned is not None and now - self._pruned[0] < max_age:
-            return self._pruned[1]
-        if self._pruned_reading is None:
-            self._pruned_reading = asyncio.ensure_future(self._read_pruned())
-        reading = self._pruned_reading
-        try:
-            return await asyncio.shield(reading)
-        finally:
-            if reading.done() and self._pruned_reading is reading:
-                self._pruned_reading = None
+        return await self._shared('pruned', PRUNED_BELOW_SQL, 1.0)
 
-    async def _read_pruned(self) -> str:
+    async def current_snapshot(self) -> str:
+        """The database's current snapshot, read at most ten times a second however many ask."""
+        return await self._shared('snapshot', CURRENT_SNAPSHOT_SQL, 0.1)
+
+    async def _shared(self, key: str, query: str, max_age: float) -> str:
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self._read_one(key, query))
+            reading.add_done_callback(lambda _f, k=key: self._reading.pop(k, None))
+        return await asyncio.shield(reading)
+
+    async def _read_one(self, key: str, query: str) -> str:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(PRUNED_BELOW_SQL)
+            cur = await conn.execute(query)
             value = (await cur.fetchone())[0]
         self._count_query()
-        self._pruned = (time.monotonic(), value)
+        self._cache[key] = (time.monotonic(), value)
         return value
 
     def _count_query(self) -> None:
@@ -178,13 +182,6 @@ class Replayer:
 
     async def available(self, position: Position) -> bool:
         return still_in_journal(position, await self.pruned_below())
-
-    async def current_snapshot(self) -> str:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(CURRENT_SNAPSHOT_SQL)
-            value = (await cur.fetchone())[0]
-        self._count_query()
-        return value
 
     async def round(self, orgs: List[str], users: List[str], xmin: int, to: str):
         """(pruned_below, rows) read in one REPEATABLE READ transaction."""
@@ -265,34 +262,47 @@ class Recovery:
         return None, new_pid(self._listener.position)
 
     async def _can_replay(self, start: Position) -> bool:
+        """Is every row the client may lack still in the journal, and has this replica read that far?
+
+        A client may come from a replica that is ahead of this one: wait (a
+        listener check plus a timeout at most) until this replica's listener
+        has read as far. A position the database itself has not reached was
+        made by no replica: refused at once.
+        """
+        horizon = Snapshot.parse(start.horizon)
         try:
             if not await self._replayer.available(start):
                 return False
-            horizon = Snapshot.parse(start.horizon)
-            live = self._listener.position
-            if live is not None and Snapshot.parse(live).sees_all_of(horizon):
-                return True
-            # This replica has not read as far as the client got: it may come
-            # from a replica that is ahead. A position the database itself has
-            # not reached was made by no replica: refuse it at once.
-            if not Snapshot.parse(await self._replayer.current_snapshot()).sees_all_of(horizon):
-                return False
         except Exception as exc:  # noqa: BLE001 - the database is away: no recovery
-            hint = self._listener.explain(exc)
-            log.warning('recovery check failed (%s)%s', exc.__class__.__name__,
-                        f': {hint}' if hint else '; the client gets recovered=false')
-            return False
+            return self._check_failed(exc)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_for_listener
-        await self._replayer.wake_listeners()
+        asked_database = False
         while True:
             live = self._listener.position
-            if live is not None and Snapshot.parse(live).sees_all_of(horizon):
-                return True
+            if live is not None:
+                if Snapshot.parse(live).sees_all_of(horizon):
+                    return True
+                if not asked_database:
+                    asked_database = True
+                    try:
+                        current = await self._replayer.current_snapshot()
+                    except Exception as exc:  # noqa: BLE001
+                        return self._check_failed(exc)
+                    if not Snapshot.parse(current).sees_all_of(horizon):
+                        return False
+                    await self._replayer.wake_listeners()
+                    continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
             await self._listener.wait_advanced(min(remaining, 0.5))
+
+    def _check_failed(self, exc: BaseException) -> bool:
+        hint = self._listener.explain(exc)
+        log.warning('recovery check failed (%s)%s', exc.__class__.__name__,
+                    f': {hint}' if hint else '; the client gets recovered=false')
+        return False
 
     def hold(self, sid, ident, rooms: List[str], start: Position) -> None:
         """Put a socket on hold at the live position; synchronous, like joining a room.
