@@ -38,6 +38,8 @@ from .events import Change, org_room, room_of, route, user_room
 from .recovery import Recovery
 from .wire import NAMESPACE, Fanout, SocketServer, check, trim_environ, websocket_handler
 
+from .logtag import tag
+
 log = logging.getLogger('crm_realtime.realtime')
 
 #: client -> server event that moves a connected socket's expiry (see the module docstring)
@@ -81,7 +83,7 @@ class Realtime:
         try:
             ident = self.verifier.verify(token)
         except AuthError as exc:
-            log.info('refused socket %s from %s: %s', sid, environ.get('REMOTE_ADDR', '?'), exc.detail)
+            log.info('refused socket %s from %s: %s', tag(sid), environ.get('REMOTE_ADDR', '?'), exc.detail)
             self.metrics.auth_refused.labels(exc.reason).inc()
             raise socketio.exceptions.ConnectionRefusedError(CLIENT_MESSAGE, exc.client_data())
 
@@ -98,7 +100,7 @@ class Realtime:
             self.recovery.hold(sid, ident, rooms, start)
         self._schedule_expiry(sid, ident.expires_at)
         self.metrics.connected_clients.inc()
-        log.debug('socket %s joined organization %s as user %s', sid, ident.organization_id, ident.user_id)
+        log.debug('socket %s joined organization %s as user %s', tag(sid), ident.organization_id, ident.user_id)
 
     @staticmethod
     def _rooms(ident) -> List[str]:
@@ -117,7 +119,7 @@ class Realtime:
         try:
             ident = self.verifier.verify(data.get('token'))
         except AuthError as exc:
-            log.info('socket %s: token refresh refused: %s', sid, exc.detail)
+            log.info('socket %s: token refresh refused: %s', tag(sid), exc.detail)
             self.metrics.auth_refused.labels(exc.reason).inc()
             return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': exc.reason}
         session = await self.sio.get_session(sid)
@@ -126,7 +128,7 @@ class Realtime:
             return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': 'token_expired'}
         if (ident.organization_id, ident.user_id) != (session['organization_id'], session['user_id']):
             log.info('socket %s: token refresh refused: the token is for organization %s user %s, '
-                     'the socket for organization %s user %s', sid, ident.organization_id,
+                     'the socket for organization %s user %s', tag(sid), ident.organization_id,
                      ident.user_id, session['organization_id'], session['user_id'])
             self.metrics.auth_refused.labels('identity_mismatch').inc()
             return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': 'identity_mismatch'}
@@ -134,7 +136,7 @@ class Realtime:
         self._schedule_expiry(sid, ident.expires_at)
         session['exp'] = ident.expires_at
         await self.sio.save_session(sid, session)
-        log.debug('socket %s: token refreshed, expires at %s', sid, ident.expires_at)
+        log.debug('socket %s: token refreshed, expires at %s', tag(sid), ident.expires_at)
         return {'ok': True, 'expires_at': ident.expires_at}
 
     # ------------------------------------------------------------------ lifecycle
@@ -150,7 +152,7 @@ class Realtime:
         if self._expiry.pop(sid, None) is not None:
             self.metrics.connected_clients.dec()
             self.recovery.forget(sid)
-            log.info('socket %s disconnected: token expired', sid)
+            log.info('socket %s disconnected: token expired', tag(sid))
             await self.sio.disconnect(sid)
 
     # ------------------------------------------------------------------ live stream

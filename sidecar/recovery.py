@@ -62,6 +62,8 @@ import socketio
 from .events import Change, Delivery, route
 from .position import Position, Snapshot, new_pid, pid_position, valid_pid
 
+from .logtag import tag
+
 log = logging.getLogger('crm_realtime.recovery')
 
 #: deliveries a recovering socket may have kept for it before it is dropped
@@ -244,13 +246,13 @@ class Recovery:
             start = Position.decode(offset) if offset is not None else pid_position(pid)
             if start is None or not valid_pid(pid):
                 self._metrics.recoveries.labels('invalid').inc()
-                log.info('socket %s: recovery impossible (no usable offset)', sid)
+                log.info('socket %s: recovery impossible (no usable offset)', tag(sid))
             elif await self._can_replay(start):
                 self._metrics.recoveries.labels('ok').inc()
                 return start, pid
             else:
                 self._metrics.recoveries.labels('too_old').inc()
-                log.info('socket %s: recovery impossible (events pruned or stream unavailable)', sid)
+                log.info('socket %s: recovery impossible (events pruned or stream unavailable)', tag(sid))
             return None, new_pid(self._listener.position)
         since = auth.get('since')
         if since is not None:
@@ -339,7 +341,7 @@ class Recovery:
         for h in touched.values():
             if len(h.kept) > MAX_HELD:
                 log.warning('socket %s: more than %d events arrived while it caught up; '
-                            'closing its transport, it will recover again', h.sid, MAX_HELD)
+                            'closing its transport, it will recover again', tag(h.sid), MAX_HELD)
                 self._metrics.recoveries.labels('overflow').inc()
                 self._release(h)
                 asyncio.ensure_future(self._fanout.drop_transport(h.sid))
@@ -413,7 +415,7 @@ class Recovery:
             try:
                 await self._replay(h, h.rows(by_org.get(h.organization_id, ())))
             except Exception:  # noqa: BLE001 - the client reconnects and recovers again
-                log.exception('socket %s: recovery failed', h.sid)
+                log.exception('socket %s: recovery failed', tag(h.sid))
                 self._give_up(h, 'recovery failed')
 
     async def _read_round(self, orgs, users, xmin, to):
@@ -461,6 +463,6 @@ class Recovery:
     def _give_up(self, h: Hold, why: str) -> None:
         if h.done:
             return
-        log.warning('socket %s: %s; closing its transport so that it reconnects', h.sid, why)
+        log.warning('socket %s: %s; closing its transport so that it reconnects', tag(h.sid), why)
         self._release(h)
         asyncio.ensure_future(self._fanout.drop_transport(h.sid))

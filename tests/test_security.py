@@ -162,6 +162,13 @@ async def test_tokens_and_session_ids_stay_out_of_the_access_log(database, make_
     assert token not in text and token.split('.')[0] not in text
     assert sid not in text
     assert polling.client.eio.sid not in text
+    # Socket.IO sids neither: sockets are named by a tag in the log
+    refused = await clients(sc.url, make_token(1, 11, exp_in=-60), expect_error=True)
+    text = '\n'.join(r.getMessage() for r in caplog.records)
+    assert 'refused socket s-' in text
+    for c in (polling, refused):
+        socket_sid = c.client.get_sid('/') or ''
+        assert not socket_sid or socket_sid not in text
 
 
 @pytest.mark.gen_test(timeout=30)
