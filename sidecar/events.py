@@ -48,13 +48,17 @@ def user_room(organization_id: Any, user_id: Any) -> str:
 
 
 class Change(NamedTuple):
-    """One journal row, as the listener reads it."""
+    """One journal row, as the listener reads it.
+
+    ``data`` may still be the row's JSON text: it is decoded only for a change
+    that is routed (somebody is in its room), see ``route``.
+    """
     id: int
     kind: str                  # 'prospect' | 'notification'
     op: str                    # 'created' | 'updated' | 'deleted'
     organization_id: str
     user_id: Optional[str]
-    data: Dict[str, Any]
+    data: Any                  # dict, or its JSON text
     recorded_at: float = 0.0   # unix time the writing transaction started
 
 
@@ -118,8 +122,9 @@ def route(change: Change) -> List[Delivery]:
     room = room_of(change)
     if room is None:
         return []
+    data = change.data if isinstance(change.data, dict) else json.loads(change.data or '{}')
     if change.kind == 'prospect':
         if change.op == 'deleted':
-            return [Delivery(PROSPECT_DELETED, {'id': _id(change.data.get('id'))}, room)]
-        return [Delivery(f'prospect:{change.op}', prospect_payload(change.data), room)]
-    return [Delivery(NOTIFICATION, notification_payload(change.data), room)]
+            return [Delivery(PROSPECT_DELETED, {'id': _id(data.get('id'))}, room)]
+        return [Delivery(f'prospect:{change.op}', prospect_payload(data), room)]
+    return [Delivery(NOTIFICATION, notification_payload(data), room)]

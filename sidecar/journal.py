@@ -23,7 +23,7 @@ CURRENT_SNAPSHOT_SQL = 'SELECT pg_catalog.pg_current_snapshot()::text'
 
 # One statement, so the returned snapshot is the one the rows were read with.
 READ_SINCE_SQL = """
-SELECT s.snap, j.id, j.kind, j.op, j.organization_id, j.user_id, j.data,
+SELECT s.snap, j.id, j.kind, j.op, j.organization_id, j.user_id, j.data::text,
        extract(epoch FROM j.recorded_at)::float8
   FROM (SELECT pg_catalog.pg_current_snapshot()::text AS snap) AS s
   LEFT JOIN "crm_realtime"."journal" AS j
