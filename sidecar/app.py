@@ -7,6 +7,7 @@ Tests build their own ``Sidecar`` the same way ``crm-realtime serve`` does.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from datetime import timedelta
 from typing import List, Optional
@@ -87,6 +88,46 @@ def _access_log(handler) -> None:
         request.remote_ip, 1000.0 * request.request_time())
 
 
+class Jobs:
+    """The scheduler as the sidecar and its components use it: every run of a job is tracked.
+
+    ``stop()`` ends the runs still going (a poll, a prune, the start-up check)
+    while the event loop still runs, so a query they were in is cancelled
+    cleanly instead of being cut when the loop closes (which made psycopg log
+    "query cancellation interrupted" on a Ctrl-C right after start).
+    """
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self._running = set()
+        self._stopping = False
+
+    def add_job(self, func, *args, **kwargs):
+        @functools.wraps(func)
+        async def tracked(*a, **kw):
+            task = asyncio.current_task()
+            self._running.add(task)
+            try:
+                return await func(*a, **kw)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return None
+                raise
+            finally:
+                self._running.discard(task)
+        return self.scheduler.add_job(tracked, *args, **kwargs)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        running = [t for t in self._running if not t.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+
+
 class Sidecar:
     def __init__(self, settings):
         self.settings = settings
@@ -102,6 +143,7 @@ class Sidecar:
         self.listener = Listener(settings, metrics=self.metrics)
         self.realtime = Realtime(settings, self.metrics, self.listener, self.replayer)
         self.scheduler = AsyncIOScheduler()
+        self.jobs = Jobs(self.scheduler)
         self.components: List[object] = []
         self.app = tornado.web.Application(
             self._routes(), log_function=_access_log,
@@ -149,10 +191,10 @@ class Sidecar:
         else:
             log.warning('wire: public engine.io path (slower); the installed libraries differ '
                         'from the checked ones in: %s', '; '.join(path.problems))
-        self.scheduler.add_job(self.prune_journal, 'interval', minutes=10, id='journal-prune',
+        self.jobs.add_job(self.prune_journal, 'interval', minutes=10, id='journal-prune',
                                max_instances=1, coalesce=True)
         for component in self.components:
-            component.schedule(self.scheduler)
+            component.schedule(self.jobs)
         self.scheduler.start()
         log.info('serving on http://%s:%s', self.settings.host, self.port)
 
@@ -174,8 +216,7 @@ class Sidecar:
         if self._stopped:
             return
         self._stopped = True
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        await self.jobs.stop()
         if self._server is not None:
             self._server.stop()
         await self.listener.stop()
