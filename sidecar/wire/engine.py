@@ -234,6 +234,10 @@ class SocketServer(socketio.AsyncServer):
             pid = self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
             if pid is not None:
                 pkt.data = dict(pkt.data, pid=pid)
+            environ = self.environ.get(eio_sid)
+            if environ is not None:
+                # trimmed by the connect handler; a dict does not shrink when keys go, a copy does
+                self.environ[eio_sid] = dict(environ)
         elif pkt.packet_type in (sio_packet.CONNECT_ERROR, sio_packet.DISCONNECT):
             self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
         await super()._send_packet(eio_sid, pkt)

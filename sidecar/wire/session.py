@@ -22,7 +22,8 @@ per idle socket. ``WireSocket`` is the same session, event-driven:
   that stops answering is closed with engine.io's PING_TIMEOUT reason, a CLOSE
   packet, then its websocket, at most ping_interval + ping_timeout (+ one
   wheel step) after its last PONG, as before.
-* Once the websocket is open the request task ends, releasing the handshake.
+* Once the websocket is open the request task ends, releasing the handshake,
+  and the request's headers and the stream's empty deques go (websocket.py).
 
 Only a websocket-first session (the official client's ``transports:
 ['websocket']`` and every browser reconnection) runs this way. A session that
@@ -54,7 +55,7 @@ from engineio.async_socket import AsyncSocket
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from .websocket import text_frame, writable_stream
+from .websocket import shed_handshake, text_frame, writable_stream
 
 log = logging.getLogger('crm_realtime.wire')
 
@@ -62,6 +63,9 @@ log = logging.getLogger('crm_realtime.wire')
 WHEEL_STEP = 0.25
 
 _background = set()     # strong references to the few tasks started here (close, receive)
+# per-session state kept outside the sessions' __dict__ (it would grow each one for good)
+_inboxes: Dict['WireSocket', List[object]] = {}   # packets waiting for receive(), while a task runs
+_flushing = set()
 
 
 def _spawn(coro) -> asyncio.Task:
@@ -132,9 +136,6 @@ class WireSocket(AsyncSocket):
     # class-level defaults: nothing added to a session's __dict__ until it is used
     _ws = None              # the tornado handler, on the event-driven path
     _ping_key = None        # the wheel bucket of the next PING
-    _inbox = None           # packets waiting for receive(), while _reader runs
-    _reader = None
-    _flushing = False
 
     # ------------------------------------------------------------------ pings
 
@@ -175,6 +176,7 @@ class WireSocket(AsyncSocket):
         self.upgraded = True
         self._ws = handler
         handler.wire_socket = self
+        shed_handshake(handler)
         self.queue.on_put = self._flush
         self._flush()           # what was queued before the websocket opened (OPEN, ...)
 
@@ -192,40 +194,39 @@ class WireSocket(AsyncSocket):
             log.info('undecodable websocket message: closing it')
             self._close_transport()
             return
-        if pkt.packet_type == eio_packet.PONG and self._reader is None:
-            self.schedule_ping()
-            return
-        if self._inbox is None:
-            self._inbox = []
-        self._inbox.append(pkt)
-        if self._reader is None:
-            self._reader = _spawn(self._receive_all())
+        inbox = _inboxes.get(self)
+        if inbox is None:
+            if pkt.packet_type == eio_packet.PONG:
+                self.schedule_ping()
+                return
+            _inboxes[self] = [pkt]
+            _spawn(self._receive_all())
+        else:
+            inbox.append(pkt)
 
     async def _receive_all(self) -> None:
+        inbox = _inboxes[self]
         try:
-            while self._inbox:
-                pkt = self._inbox.pop(0)
+            while inbox:
+                pkt = inbox.pop(0)
                 try:
                     await self.receive(pkt)
                 except eio_exceptions.UnknownPacketError:
                     pass
                 except eio_exceptions.SocketIsClosedError:
-                    self._inbox = None
                     self._close_transport()
                     return
                 except Exception:  # noqa: BLE001 - engine.io logs and keeps the connection
                     log.exception('error handling a websocket packet')
         finally:
-            self._reader = None
-            if not self._inbox:
-                self._inbox = None
+            del _inboxes[self]
 
     def _flush(self) -> None:
         """Write every queued packet to the websocket now (the queue calls this on each put)."""
         handler = self._ws
-        if handler is None or self._flushing:
+        if handler is None or self in _flushing:
             return
-        self._flushing = True
+        _flushing.add(self)
         queue = self.queue
         try:
             while queue.qsize():
@@ -242,7 +243,7 @@ class WireSocket(AsyncSocket):
                     self._close_transport()
                     return
         finally:
-            self._flushing = False
+            _flushing.discard(self)
 
     @staticmethod
     def _write(handler, data) -> bool:

@@ -6,7 +6,10 @@ its ``receive_queue`` (kept, with a lighter queue), and its ``get`` hands a
 non-upgrade GET to engine.io; socketio's ``AsyncServer.environ`` (the
 handshake environ per engine.io sid: its ``REMOTE_ADDR``); ``WebSocketHandler.
 ws_connection`` and its ``_compressor`` (None when deflate is off) and
-``stream`` (the IOStream raw frames are written to, see fanout.py).
+``stream`` (the IOStream raw frames are written to, see fanout.py);
+``IOStream._write_buffer._buffers`` and ``IOStream._write_futures`` (deques
+swapped for lists with ``popleft`` once the websocket is open, see
+``shed_handshake``).
 
 What changes, all about running in production:
 
@@ -41,6 +44,7 @@ What changes, all about running in production:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import struct
 from typing import Optional
@@ -49,7 +53,9 @@ import socketio
 import tornado.web
 import tornado.websocket
 
-from .queues import Inbox
+from tornado.httputil import HTTPHeaders
+
+from .queues import Inbox, _Fifo
 
 log = logging.getLogger('crm_realtime.wire')
 
@@ -202,6 +208,39 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
             return {} if compression else None
 
     return Handler
+
+
+#: what an open websocket's request keeps instead of its headers (read only before open)
+_NO_HEADERS = HTTPHeaders()
+
+
+def _light_fifo(obj, name) -> None:
+    current = getattr(obj, name, None)
+    if isinstance(current, collections.deque) and not current and current.maxlen is None:
+        setattr(obj, name, _Fifo())
+
+
+def shed_handshake(handler) -> None:
+    """Drop what an open websocket no longer needs; called once engine.io has its environ.
+
+    The request's headers and query arguments were read by the handshake
+    (tornado's, then engine.io's ``translate_request``; what the connect
+    handler reads is in the environ). The IOStream's two empty deques (its
+    write buffer's chunks and the futures of pending writes, about 760 bytes
+    each) become lists with ``popleft`` (what tornado calls on them: append,
+    popleft, [0], [-1], clear, iteration). ``remote_ip`` stays.
+    """
+    request = handler.request
+    headers, request.headers = request.headers, _NO_HEADERS
+    if headers is not _NO_HEADERS:
+        headers.clear()     # tornado's suspended HTTP/1 reader still refers to the same object
+    request.arguments = {}
+    request.query_arguments = {}
+    conn = handler.ws_connection
+    stream = getattr(conn, 'stream', None)
+    if stream is not None:
+        _light_fifo(getattr(stream, '_write_buffer', None), '_buffers')
+        _light_fifo(stream, '_write_futures')
 
 
 def close_websockets(handler_cls, code: int = 1001, reason: str = 'server shutting down') -> None:
