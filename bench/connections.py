@@ -204,6 +204,10 @@ def run_one(kind, args):
                           exact=(delivered == expected and all(s.get('duplicates') == 0 for s in summaries)
                                  and all(s.get('received') == s.get('expected') for s in summaries)),
                           disconnects=sum(s.get('disconnects') or 0 for s in summaries),
+                          per_socket=(min(s.get('per_socket_min') or 0 for s in summaries),
+                                      max(s.get('per_socket_max') or 0 for s in summaries)),
+                          short=[(s.get('received'), s.get('expected')) for s in summaries
+                                 if s.get('received') != s.get('expected')],
                           p50=percentile(lat, 50), p99=percentile(lat, 99),
                           max=lat[-1] if lat else float('nan'),
                           deliveries_per_s=delivered / args.seconds)
@@ -227,7 +231,9 @@ def report(r, args):
     print(f"  RSS                   {r['rss_per_conn_kb']:.1f} KB per connection ({r['rss0_kb'] / 1024:.0f} MB"
           f" before -> {r['rss1_kb'] / 1024:.0f} MB with {r['connected']:,} connected)")
     print(f"  idle CPU              {100 * r['idle_cpu']:.2f}% of a core over {args.idle_seconds:g} s")
-    ok = 'each exactly once' if r['exact'] else f"MISMATCH, {r['disconnects']} disconnects"
+    ok = 'each exactly once' if r['exact'] else (
+        f"MISMATCH, {r['disconnects']} disconnects; events per socket {r['per_socket'][0]}.."
+        f"{r['per_socket'][1]}; load processes short (received, expected): {r['short']}")
     print(f"  latency               p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.0f} ms at"
           f" {r['deliveries_per_s']:,.0f} deliveries/s; {r['delivered']:,} of {r['expected']:,} ({ok});"
           f" server CPU {100 * r['busy_cpu']:.0f}% of a core", flush=True)
