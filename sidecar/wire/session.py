@@ -118,16 +118,25 @@ class PingWheel:
         self._timer = self._armed = None
         loop = asyncio.get_running_loop()
         now_key = math.floor(loop.time() / self.step + 1e-9)
-        for key in sorted(k for k in self._checks if k <= now_key):
-            for sock in self._checks.pop(key):
-                sock._check_ping_timeout()
-        for key in sorted(k for k in self._pings if k <= now_key):
-            for sock in self._pings.pop(key):
-                if sock._ping_key == key:
-                    sock._ping()
-        pending = [k for d in (self._pings, self._checks) for k in d]
-        if pending:
-            self._arm(min(pending))
+        try:
+            for key in sorted(k for k in self._checks if k <= now_key):
+                for sock in self._checks.pop(key):
+                    self._run(sock._check_ping_timeout)
+            for key in sorted(k for k in self._pings if k <= now_key):
+                for sock in self._pings.pop(key):
+                    if sock._ping_key == key:
+                        self._run(sock._ping)
+        finally:
+            pending = [k for d in (self._pings, self._checks) for k in d]
+            if pending:
+                self._arm(min(pending))
+
+    @staticmethod
+    def _run(step) -> None:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - one socket's failure must not stop every other's pings
+            log.exception('ping wheel: %s failed', step.__name__)
 
 
 class WireSocket(AsyncSocket):
