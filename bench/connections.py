@@ -185,6 +185,14 @@ def run_one(kind, args):
             settle = time.monotonic() + min(30.0, max(1.0, deadline - time.monotonic()))
             summaries = [c.wait_for('summary', max(0.1, settle - time.monotonic())) for c in clients]
             result['busy_cpu'] = (cpu_seconds(server.pid) - l0) / (time.monotonic() - t_start)
+            if kind == 'sidecar':       # what the server says it wrote (warm-up included)
+                try:
+                    with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5) as m:
+                        for line in m.read().decode().splitlines():
+                            if line.startswith('crm_realtime_events_emitted_total{'):
+                                result['server_wrote'] = result.get('server_wrote', 0) + float(line.split()[-1])
+                except OSError:
+                    pass
             for c, s in zip(clients, summaries):
                 if not s or s['type'] != 'summary':
                     c.finish()
@@ -215,6 +223,10 @@ def run_one(kind, args):
         for c in clients:
             c.close()
         stop(server, timeout=20)
+        if not result.get('exact', True) and (workdir / 'server.log').exists():
+            kept = Path(tempfile.gettempdir()) / f'crm_rt_conn_{kind}_{os.getpid()}.log'
+            shutil.copy(workdir / 'server.log', kept)
+            result['server_log'] = str(kept)
         shutil.rmtree(workdir, ignore_errors=True)
     return result
 
@@ -237,6 +249,10 @@ def report(r, args):
     print(f"  latency               p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.0f} ms at"
           f" {r['deliveries_per_s']:,.0f} deliveries/s; {r['delivered']:,} of {r['expected']:,} ({ok});"
           f" server CPU {100 * r['busy_cpu']:.0f}% of a core", flush=True)
+    if 'server_wrote' in r:
+        print(f"  server wrote          {r['server_wrote']:,.0f} deliveries (warm-up included)", flush=True)
+    if r.get('server_log'):
+        print(f"  server log kept in    {r['server_log']}", flush=True)
 
 
 def main():
