@@ -191,8 +191,8 @@ def run_one(kind, args):
                         for line in m.read().decode().splitlines():
                             if line.startswith('crm_realtime_events_emitted_total{'):
                                 result['server_wrote'] = result.get('server_wrote', 0) + float(line.split()[-1])
-                except OSError:
-                    pass
+                except OSError as exc:
+                    result['server_wrote_error'] = f'{exc.__class__.__name__}: {exc}'
             for c, s in zip(clients, summaries):
                 if not s or s['type'] != 'summary':
                     c.finish()
@@ -251,6 +251,8 @@ def report(r, args):
           f" server CPU {100 * r['busy_cpu']:.0f}% of a core", flush=True)
     if 'server_wrote' in r:
         print(f"  server wrote          {r['server_wrote']:,.0f} deliveries (warm-up included)", flush=True)
+    if 'server_wrote_error' in r:
+        print(f"  server /metrics       did not answer: {r['server_wrote_error']}", flush=True)
     if r.get('server_log'):
         print(f"  server log kept in    {r['server_log']}", flush=True)
 
