@@ -43,10 +43,7 @@ tornado
   ``WebSocketProtocol._compressor`` (None when deflate is off: raw frames are
   then valid), ``ws_connection.stream`` (raw frames written to it),
   ``IOStream._write_buffer`` (unsent bytes: ordering and the backlog limit),
-  ``IOStream._connecting``; ``IOStream._write_buffer._buffers`` and
-  ``IOStream._write_futures`` (empty deques swapped for lists with
-  ``popleft`` once a websocket is open: tornado only appends, pops left,
-  indexes, iterates and clears them).
+  ``IOStream._connecting``.
 asyncio
   ``Queue._init``/``_get``/``_put`` (documented subclass hooks), ``_getters``,
   ``_putters``, ``_finished._waiters`` (lists instead of deques),

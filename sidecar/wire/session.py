@@ -23,7 +23,7 @@ per idle socket. ``WireSocket`` is the same session, event-driven:
   packet, then its websocket, at most ping_interval + ping_timeout (+ one
   wheel step) after its last PONG, as before.
 * Once the websocket is open the request task ends, releasing the handshake,
-  and the request's headers and the stream's empty deques go (websocket.py).
+  and the request's headers go (websocket.py).
 
 Only a websocket-first session (the official client's ``transports:
 ['websocket']`` and every browser reconnection) runs this way. A session that

@@ -268,28 +268,3 @@ async def test_asyncio_queue_put_ends_in_put_nowait():
     await q.put('a')
     q.put_nowait('b')
     need(seen == [1, 2] and unsent_packets(q) == 2, 'asyncio.Queue.put', 'ends in put_nowait()')
-
-
-@pytest.mark.gen_test
-async def test_tornado_iostream_deques_take_only_what_a_list_with_popleft_offers():
-    import re
-    src = _src(tornado.iostream)
-    for name in ('_buffers', '_write_futures'):
-        uses = set(re.findall(r'self\.' + name + r'\.(\w+)', src))
-        need(uses <= {'append', 'popleft', 'clear'}, f'tornado IOStream {name}',
-             f'is used only through append/popleft/clear/[i]/iteration (uses {sorted(uses)})')
-    a, b = socket.socketpair()
-    stream = tornado.iostream.IOStream(a)
-    try:
-        need(isinstance(stream._write_futures, collections.deque)
-             and isinstance(stream._write_buffer._buffers, collections.deque),
-             'tornado IOStream._write_futures / _StreamBuffer._buffers', 'are deques')
-        from sidecar.wire.queues import _Fifo
-        stream._write_futures, stream._write_buffer._buffers = _Fifo(), _Fifo()
-        b.setblocking(False)
-        await stream.write(b'x' * 5000 + b'y' * 10)
-        need(b.recv(8192) == b'x' * 5000 + b'y' * 10, 'tornado IOStream._write_buffer._buffers',
-             'works as a list with popleft')
-    finally:
-        stream.close()
-        b.close()
