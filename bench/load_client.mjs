@@ -11,6 +11,8 @@
 //   connect_timeout_s  limit for connecting all sockets (default 60)
 //   concurrency  connections opened at a time (default 50)
 //   transports   default ["websocket"]
+//   local_address  optional loopback source address (e.g. "127.0.0.2"): more than one
+//                port range of sockets to one server (bench/connections.py)
 //   out          optional path: raw receive times are written there as
 //                {"<event> <payload.id>": [ms, ms, ...], ...}
 // It prints JSON lines on stdout:
@@ -64,6 +66,7 @@ function connectOne(i) {
       forceNew: true,            // one engine per socket: N real connections, not multiplexed
       reconnection: false,
       timeout: (config.connect_timeout_s || 60) * 1000,
+      ...(config.local_address ? { localAddress: config.local_address } : {}),
     });
     sockets[i] = socket;
     socket.onAny((name, payload) => {

@@ -22,6 +22,18 @@ engine.io (``engineio``)
   ping_interval`` read on each ping sleep: made a property (spread pings).
   The tornado driver's handler ``receive_queue``/``on_message``/
   ``get_next_message``/``on_close``: replaced by a lighter inbox.
+  Event-driven sessions (session.py): ``AsyncServer._handle_connect`` builds
+  each ``AsyncSocket(self, sid)`` and stores it in ``sockets`` before using
+  it (``sockets``, assigned in ``BaseServer.__init__``, is a ``Sessions`` that
+  swaps the class for ``WireSocket``; ``AsyncSocket`` has no ``__slots__``);
+  ``AsyncSocket._websocket_handler`` (overridden for a websocket-first
+  session), ``schedule_ping`` (called after connect and by ``receive`` on each
+  PONG), ``last_ping`` (read by ``check_ping_timeout``), ``close`` (closing,
+  CLOSE unless abort, closed, ``queue.join()``), ``connected``; the driver's
+  ``WebSocket.tornado_handler``; ``AsyncServer.reason.PING_TIMEOUT``/
+  ``TRANSPORT_CLOSE``; ``AsyncServer._service_task`` (started by
+  ``_handle_connect``, stopped by ``shutdown`` through ``service_task_event``
+  and ``service_task_handle``): replaced by a sweep every few seconds.
 socketio (``socketio``)
   ``AsyncServer._engineio_server_class`` (which engine.io to build),
   ``_send_packet`` (the CONNECT answer gets the recovery ``pid``),
@@ -35,7 +47,8 @@ tornado
 asyncio
   ``Queue._init``/``_get``/``_put`` (documented subclass hooks), ``_getters``,
   ``_putters``, ``_finished._waiters`` (lists instead of deques),
-  ``_unfinished_tasks`` (nothing queued and not yet written).
+  ``_unfinished_tasks`` (nothing queued and not yet written); ``Queue.put``
+  ends in ``put_nowait`` (``LightQueue.on_put``, the event-driven writer).
 """
 from .contract import WirePath, check
 from .engine import EngineIOServer, SocketServer, trim_environ

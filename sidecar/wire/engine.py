@@ -15,6 +15,10 @@ Private names relied on (versions in the package docstring):
 * ``AsyncSocket.upgrading`` / ``upgraded`` / ``closed`` / ``closing`` / ``queue``,
   ``AsyncServer.sockets`` (sid -> socket).
 * ``engineio.AsyncServer.ping_interval`` read on every ping sleep (made a property).
+* ``engineio.AsyncServer.sockets`` assigned in ``__init__`` (a ``Sessions``
+  here, see session.py) and ``_service_task`` (started by engine.io on the
+  first connection, stopped by ``shutdown`` through ``service_task_event``):
+  replaced by a sweep every few seconds.
 * ``socketio.AsyncServer._engineio_server_class`` (which engine.io class to
   build) and ``_send_packet`` (every packet to a client passes there), and
   ``AsyncServer.environ`` (the handshake environ kept per session).
@@ -35,6 +39,7 @@ from engineio.async_drivers import tornado as eio_tornado
 from socketio import packet as sio_packet
 
 from .queues import LightQueue
+from .session import PingWheel, Sessions
 
 log = logging.getLogger('crm_realtime.wire')
 
@@ -70,6 +75,7 @@ class EngineIOServer(engineio.AsyncServer):
     """
 
     def __init__(self, *args, **kwargs):
+        self.pings = PingWheel()
         super().__init__(*args, **kwargs)
         self.websockets: Dict[str, object] = {}
         table = dict(self._async)
@@ -87,6 +93,43 @@ class EngineIOServer(engineio.AsyncServer):
     @ping_interval.setter
     def ping_interval(self, value: float) -> None:
         self._ping_every = value
+
+    @property
+    def sockets(self):
+        return self._sessions
+
+    @sockets.setter
+    def sockets(self, value) -> None:
+        # engine.io assigns {} (start, disconnect-all); every session becomes a WireSocket
+        self._sessions = value if isinstance(value, Sessions) else Sessions(value)
+
+    async def _service_task(self):
+        """engine.io's monitor, one sweep every few seconds instead of one wake-up per socket.
+
+        engine.io's own sleeps ``ping_timeout / len(sockets)`` between two
+        sockets (a ``wait_for`` every 2 ms with 10,000 sockets). The pings and
+        their timeouts are the wheel's; this drops closed sessions and checks
+        the timeout of any session the wheel does not hold (none, normally).
+        """
+        import asyncio
+        import time
+        self.service_task_event = event = self.create_event()
+        every = max(0.5, min(5.0, self.ping_timeout / 4))
+        while not event.is_set():
+            try:
+                await asyncio.wait_for(event.wait(), timeout=every)
+                break
+            except asyncio.TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                break
+            now = time.time()
+            for sid, sock in list(self.sockets.items()):
+                if sock.closed:
+                    if self.sockets.get(sid) is sock:
+                        del self.sockets[sid]
+                elif not sock.closing and sock.last_ping and now - sock.last_ping > self.ping_timeout:
+                    sock._check_ping_timeout()
 
     async def close_all(self, timeout: float = 2.0) -> None:
         """Close every session at the engine.io level (shutdown): clients reconnect elsewhere.
@@ -134,7 +177,10 @@ def _accepting_websocket(server: EngineIOServer, base):
             try:
                 await super().__call__(environ)
             finally:
-                if server.websockets.get(sid) is handler:
+                # an event-driven session (session.py) outlives this call; it leaves the
+                # registry when its websocket closes (WireSocket.transport_closed)
+                if getattr(handler, 'wire_socket', None) is not sock \
+                        and server.websockets.get(sid) is handler:
                     del server.websockets[sid]
     return AcceptedWebSocket
 
@@ -188,6 +234,10 @@ class SocketServer(socketio.AsyncServer):
             pid = self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
             if pid is not None:
                 pkt.data = dict(pkt.data, pid=pid)
+            environ = self.environ.get(eio_sid)
+            if environ is not None:
+                # trimmed by the connect handler; a dict does not shrink when keys go, a copy does
+                self.environ[eio_sid] = dict(environ)
         elif pkt.packet_type in (sio_packet.CONNECT_ERROR, sio_packet.DISCONNECT):
             self._connect_pids.pop((eio_sid, pkt.namespace or '/'), None)
         await super()._send_packet(eio_sid, pkt)

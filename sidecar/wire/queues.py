@@ -4,7 +4,8 @@ Private names relied on (see the package docstring for versions):
 ``asyncio.Queue._init/_get/_put`` (the documented subclass hooks, as
 PriorityQueue uses them), ``asyncio.Queue._getters``, ``_putters``,
 ``_finished._waiters`` (swapped for lists) and ``_unfinished_tasks`` (read by
-the fan-out's ordering check, see fanout.py).
+the fan-out's ordering check, see fanout.py); ``Queue.put`` ending in
+``put_nowait`` (so ``LightQueue.on_put`` sees every packet).
 """
 from __future__ import annotations
 
@@ -40,12 +41,22 @@ class LightQueue(asyncio.Queue):
     at import), so a Python that changes them gets a plain queue.
     """
 
+    #: called after each put (session.py's event-driven writer); None: a plain queue
+    on_put = None
+
     def __init__(self, maxsize: int = 0):
         super().__init__(maxsize)
         if _SWAP_WAITERS:
             self._getters = _Fifo()
             self._putters = _Fifo()
             self._finished._waiters = _Fifo()
+
+    def put_nowait(self, item):
+        # asyncio's put() ends in put_nowait(); the count is up before the writer runs
+        super().put_nowait(item)
+        on_put = self.on_put
+        if on_put is not None:
+            on_put()
 
     def _init(self, maxsize):
         self._queue = _Fifo()

@@ -34,7 +34,9 @@ What changes, all about running in production:
   state per connection); Nagle is off (events are small, latency is the point).
 * Open websockets are tracked so that a shutdown can close them:
   socket.io-client only notices the websocket closing, not engine.io's CLOSE.
-* Incoming messages wait in an ``Inbox`` instead of an ``asyncio.Queue``.
+* Incoming messages wait in an ``Inbox`` instead of an ``asyncio.Queue``, or,
+  once the session runs event-driven (session.py), go straight to it
+  (``wire_socket.feed``); its end is told to it (``transport_closed``).
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ from typing import Optional
 import socketio
 import tornado.web
 import tornado.websocket
+
+from tornado.httputil import HTTPHeaders
 
 from .queues import Inbox
 
@@ -64,6 +68,7 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
     class Handler(base):
         live = set()        # open websockets
         polls = set()       # sids with a poll pending
+        wire_socket = None      # the engine.io session, once it runs event-driven (session.py)
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -160,8 +165,13 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
                             '' if cors_origins else ', which is unset (same origin only)')
             return allowed
 
-        async def on_message(self, message):
-            self.receive_queue.put_nowait(message)
+        def on_message(self, message):
+            # not a coroutine: tornado then reads the next frame without awaiting anything
+            sock = self.wire_socket
+            if sock is not None:
+                sock.feed(message)
+            else:
+                self.receive_queue.put_nowait(message)
 
         async def get_next_message(self):
             return await self.receive_queue.get()
@@ -173,6 +183,8 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
             task.add_done_callback(self._engineio_done)
 
         def _engineio_done(self, task: asyncio.Future) -> None:
+            if self.wire_socket is not None and task.cancelled() is False and task.exception() is None:
+                return      # the session runs event-driven: the request's work is done, not the socket
             if not task.cancelled() and task.exception() is not None:
                 exc = task.exception()
                 log.info('websocket from %s refused by engine.io (%s)', self.request.remote_ip,
@@ -182,12 +194,40 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
 
         def on_close(self):
             type(self).live.discard(self)
-            super().on_close()
+            sock = self.wire_socket
+            if sock is not None:
+                sock.transport_closed(self)
+            else:
+                super().on_close()
 
         def get_compression_options(self):
             return {} if compression else None
 
     return Handler
+
+
+#: what an open websocket's request keeps instead of its headers (read only before open)
+_NO_HEADERS = HTTPHeaders()
+
+
+def shed_handshake(handler) -> None:
+    """Drop what an open websocket no longer needs; called once engine.io has its environ.
+
+    The request's headers and query arguments were read by the handshake
+    (tornado's, then engine.io's ``translate_request``; what the connect
+    handler reads is in the environ). ``remote_ip`` stays.
+
+    (The IOStream's two deques, its write buffer's chunks and the futures of
+    pending writes, 760 bytes each, stay deques: as lists, a client that falls
+    behind makes every write it then drains cost a copy of the whole backlog,
+    which stalled the server for 30 s at 10,000 websockets.)
+    """
+    request = handler.request
+    headers, request.headers = request.headers, _NO_HEADERS
+    if headers is not _NO_HEADERS:
+        headers.clear()     # tornado's suspended HTTP/1 reader still refers to the same object
+    request.arguments = {}
+    request.query_arguments = {}
 
 
 def close_websockets(handler_cls, code: int = 1001, reason: str = 'server shutting down') -> None:

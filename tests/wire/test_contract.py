@@ -207,3 +207,64 @@ def test_tornado_websocket_compressor_is_none_without_deflate():
 def test_the_installed_libraries_run_the_direct_path():
     path = wire.check(wire.SocketServer(async_mode='tornado'))
     assert path.direct, f'wire runs on the public path: {path.problems}'
+
+
+# ------------------------------------------------------------------ event-driven sessions (session.py)
+
+def test_engineio_stores_each_new_session_in_sockets_before_using_it():
+    from engineio import async_server
+    src = _src(async_server.AsyncServer._handle_connect)
+    made, stored = src.find('async_socket.AsyncSocket(self, sid)'), src.find('self.sockets[sid] = s')
+    used = src.find('await s.send(pkt)')
+    need(0 <= made < stored < used, 'engineio AsyncServer._handle_connect',
+         'builds AsyncSocket(self, sid) and stores it in self.sockets before sending on it')
+    need('s.schedule_ping()' in src and 's.handle_get_request(environ)' in src,
+         'engineio AsyncServer._handle_connect', 'calls schedule_ping() and handle_get_request()')
+    need('self.start_background_task(self._service_task)' in ''.join(src.split()),
+         'engineio AsyncServer._service_task', 'is started by _handle_connect')
+    shutdown = _src(async_server.AsyncServer.shutdown)
+    need('self.service_task_event.set()' in shutdown and 'await self.service_task_handle' in shutdown,
+         'engineio AsyncServer.shutdown', 'stops _service_task through service_task_event/_handle')
+
+
+@pytest.mark.gen_test
+async def test_engineio_sessions_become_wire_sockets():
+    from sidecar.wire.session import Sessions, WireSocket
+    need(not hasattr(async_socket.AsyncSocket, '__slots__'), 'engineio AsyncSocket',
+         'has no __slots__ (its class can be swapped for a subclass)')
+    server = _server()
+    need(isinstance(server.sockets, Sessions), 'engineio BaseServer.__init__',
+         'assigns self.sockets (made a Sessions by the wire)')
+    s = async_socket.AsyncSocket(server, 'probe')
+    server.sockets['probe'] = s
+    need(type(s) is WireSocket, 'engineio AsyncServer.sockets', 'receives each new AsyncSocket')
+
+
+def test_engineio_session_internals_the_wire_socket_overrides():
+    src = _src(async_socket.AsyncSocket.receive)
+    need('packet.PONG' in src and 'self.schedule_ping()' in src, 'engineio AsyncSocket.receive',
+         'calls schedule_ping() on a PONG')
+    need('self.last_ping' in _src(async_socket.AsyncSocket.check_ping_timeout),
+         'engineio AsyncSocket.check_ping_timeout / last_ping', 'reads last_ping (an unanswered PING)')
+    close = _src(async_socket.AsyncSocket.close)
+    need('self.closing = True' in close and 'packet.CLOSE' in close and 'self.closed = True' in close
+         and 'self.queue.join()' in close, 'engineio AsyncSocket.close',
+         'sets closing, sends CLOSE unless abort, sets closed, joins the queue when wait')
+    handler = _src(async_socket.AsyncSocket._websocket_handler)
+    need('self.connected = True' in handler and 'if self.connected:' in handler,
+         'engineio AsyncSocket._websocket_handler', 'marks a websocket-first session connected')
+    need("self.tornado_handler = environ['tornado.handler']" in _src(eio_tornado.WebSocket.__call__),
+         'engineio tornado WebSocket.tornado_handler', 'is the tornado handler')
+    reason = engineio.AsyncServer.reason
+    need(hasattr(reason, 'PING_TIMEOUT') and hasattr(reason, 'TRANSPORT_CLOSE'),
+         'engineio AsyncServer.reason', 'has PING_TIMEOUT and TRANSPORT_CLOSE')
+
+
+@pytest.mark.gen_test
+async def test_asyncio_queue_put_ends_in_put_nowait():
+    q = LightQueue()
+    seen = []
+    q.on_put = lambda: seen.append(q.qsize())
+    await q.put('a')
+    q.put_nowait('b')
+    need(seen == [1, 2] and unsent_packets(q) == 2, 'asyncio.Queue.put', 'ends in put_nowait()')
