@@ -305,7 +305,11 @@ def test_client_bundle_install_makes_an_installed_sidecar_serve_the_official_cli
             raise AssertionError(f'the installed sidecar did not answer:\n{log_path.read_text()}')
         finally:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:   # never leave a server behind
+                proc.kill()
+                proc.wait(5)
 
     status = crm_realtime('client-bundle', 'status', env=env, cwd=cwd, python=python)
     assert (status.returncode, status.stdout, status.stderr) == (
