@@ -38,7 +38,10 @@ socketio (``socketio``)
   ``AsyncServer._engineio_server_class`` (which engine.io to build),
   ``_send_packet`` (the CONNECT answer gets the recovery ``pid``),
   ``AsyncServer.environ`` (trimmed after connect), ``manager.rooms`` (room
-  participants read by the fan-out without a copy per event).
+  participants read by the fan-out without a copy per event). The manager's
+  ``basic_enter_room``/``basic_leave_room``/``basic_disconnect``/``get_rooms``
+  and its ``callbacks``/``pending_connect``/``pending_disconnect``: indexed
+  per client so that a disconnect does not walk every room (rooms.py).
 tornado
   ``WebSocketProtocol._compressor`` (None when deflate is off: raw frames are
   then valid), ``ws_connection.stream`` (raw frames written to it),

@@ -40,6 +40,7 @@ from socketio import packet as sio_packet
 
 from .queues import LightQueue
 from .session import PingWheel, Sessions
+from .rooms import RoomIndex
 
 log = logging.getLogger('crm_realtime.wire')
 
@@ -213,6 +214,7 @@ class SocketServer(socketio.AsyncServer):
     """``AsyncServer`` on our engine.io, whose CONNECT answer can carry a recovery ``pid``."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault('client_manager', RoomIndex())
         super().__init__(*args, **kwargs)
         quiet = QuietLibraryLog()
         for logger in {self.logger, self.eio.logger}:
