@@ -23,7 +23,7 @@ from .listener import Listener
 from .metrics import Metrics
 from .realtime import Realtime
 from .recovery import Replayer
-from .wire import close_websockets
+from .wire import add_guarded_sockets, close_websockets
 
 log = logging.getLogger('crm_realtime.app')
 
@@ -149,6 +149,7 @@ class Sidecar:
             self._routes(), log_function=_access_log,
             websocket_max_message_size=settings.max_http_buffer_bytes)
         self._server: Optional[tornado.httpserver.HTTPServer] = None
+        self._accept_guards: list = []
         self._listener_task: Optional[asyncio.Task] = None
         self._stopped = False
         self.draining = False
@@ -180,7 +181,8 @@ class Sidecar:
         self._server = tornado.httpserver.HTTPServer(self.app, xheaders=True,
                                                      max_body_size=body_cap + 65536)
         sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
-        self._server.add_sockets(sockets)
+        self._accept_guards = add_guarded_sockets(self._server, sockets,
+                                                  on_exhausted=self.metrics.accept_paused.inc)
         self.port = sockets[0].getsockname()[1]
         await self.pool.open(wait=False)
         self._listener_task = asyncio.ensure_future(self.listener.run(self.realtime.on_changes))
@@ -219,6 +221,8 @@ class Sidecar:
         await self.jobs.stop()
         if self._server is not None:
             self._server.stop()
+            for guard in self._accept_guards:
+                guard.cancel()
         await self.listener.stop()
         if self._listener_task is not None:
             self._listener_task.cancel()

@@ -39,6 +39,10 @@ class Metrics:
             'crm_realtime_slow_clients_closed',
             'Websockets closed because their unsent backlog passed SIDECAR_MAX_BACKLOG_BYTES',
             registry=r)
+        self.accept_paused = Counter(
+            'crm_realtime_accept_paused',
+            'Times accepting new connections paused because the process was out of file '
+            'descriptors (raise LimitNOFILE)', registry=r)
         self.wire_path = Gauge(
             'crm_realtime_wire_path', '1 for the fan-out path in use: "direct" (frames written to '
             'sockets) or "public" (engine.io send_packet, when a library changed)', ['path'],

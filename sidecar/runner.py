@@ -13,6 +13,7 @@ import asyncio
 import errno
 import gc
 import logging
+import resource
 import signal
 
 import tornado.netutil
@@ -34,6 +35,14 @@ def configure_logging(level: str) -> None:
     # ERROR and still shows.
     if level != 'DEBUG':
         logging.getLogger('apscheduler').setLevel(logging.WARNING)
+
+
+#: open files kept for the database pool, the listener, logs and the like
+RESERVED_DESCRIPTORS = 64
+#: below this soft limit the start-up log warns
+LOW_OPEN_FILES = 4096
+#: the soft limit is raised to the hard one, up to this (an unlimited hard limit)
+OPEN_FILES_CAP = 1 << 20
 
 
 def port_in_use_message(host: str, port: int) -> str:
@@ -71,6 +80,31 @@ def database_error_text(exc: BaseException) -> str:
     for prefix in ('FATAL: ', 'ERROR: '):
         text = text.replace(prefix, '')
     return text.rstrip('.')
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft open-files limit to the hard one, and say what it allows.
+
+    Each client is a file descriptor; the usual soft default (1,024) stops a
+    sidecar at about a thousand clients while the hard limit (what the service
+    manager grants) is often far higher. Only the hard limit is the operator's
+    decision (README, "File descriptors").
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_CAP)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:   # pragma: no cover - a platform refusing it
+            log.info('open-files limit: %s (could not raise it: %s)', soft, exc)
+    clients = max(0, soft - RESERVED_DESCRIPTORS)
+    if soft < LOW_OPEN_FILES:
+        log.warning('open-files limit is %s: room for about %d clients; raise it where the service '
+                    'starts (LimitNOFILE=, docker --ulimit nofile=, ulimit -Hn; README, "File '
+                    'descriptors")', soft, clients)
+    else:
+        log.info('open-files limit: %s (room for about %d clients)', soft, clients)
 
 
 def tune_gc() -> None:
@@ -137,5 +171,6 @@ def serve(settings, *, on_ready=None) -> int:
     """The whole life of a serving process; returns its exit status."""
     check_port(settings.host, settings.port)
     configure_logging(settings.log_level)
+    raise_open_files_limit()
     asyncio.run(run_sidecar(settings, on_ready=on_ready))
     return 0

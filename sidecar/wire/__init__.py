@@ -46,17 +46,20 @@ tornado
   ``WebSocketProtocol._compressor`` (None when deflate is off: raw frames are
   then valid), ``ws_connection.stream`` (raw frames written to it),
   ``IOStream._write_buffer`` (unsent bytes: ordering and the backlog limit),
-  ``IOStream._connecting``.
+  ``IOStream._connecting``. ``TCPServer._handle_connection`` (what its accept
+  callback calls; accept.py accepts itself, to pause instead of spinning when
+  the process is out of file descriptors).
 asyncio
   ``Queue._init``/``_get``/``_put`` (documented subclass hooks), ``_getters``,
   ``_putters``, ``_finished._waiters`` (lists instead of deques),
   ``_unfinished_tasks`` (nothing queued and not yet written); ``Queue.put``
   ends in ``put_nowait`` (``LightQueue.on_put``, the event-driven writer).
 """
+from .accept import add_guarded_sockets
 from .contract import WirePath, check
 from .engine import EngineIOServer, SocketServer, trim_environ
 from .fanout import NAMESPACE, Fanout
 from .websocket import close_websockets, websocket_handler
 
-__all__ = ['EngineIOServer', 'Fanout', 'NAMESPACE', 'SocketServer', 'WirePath', 'check',
+__all__ = ['add_guarded_sockets', 'EngineIOServer', 'Fanout', 'NAMESPACE', 'SocketServer', 'WirePath', 'check',
            'close_websockets', 'trim_environ', 'websocket_handler']

@@ -175,6 +175,17 @@ async def test_socketio_rooms_map_sid_to_eio_sid():
 
 # ------------------------------------------------------------------ tornado
 
+def test_tornado_tcpserver_accepts_through_handle_connection():
+    import tornado.tcpserver
+    params = list(inspect.signature(tornado.tcpserver.TCPServer._handle_connection).parameters)
+    need(params == ['self', 'connection', 'address'], 'tornado TCPServer._handle_connection',
+         'takes (connection, address)')
+    need('self._handle_connection' in _src(tornado.tcpserver.TCPServer.add_sockets),
+         'tornado TCPServer.add_sockets', "hands accepted sockets to _handle_connection")
+    need('handle_stream(' in _src(tornado.tcpserver.TCPServer._handle_connection),
+         'tornado TCPServer._handle_connection', 'wraps the socket and calls handle_stream')
+
+
 @pytest.mark.gen_test
 async def test_tornado_iostream_write_buffer_counts_unsent_bytes():
     a, b = socket.socketpair()
