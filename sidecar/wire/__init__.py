@@ -38,7 +38,12 @@ socketio (``socketio``)
   ``AsyncServer._engineio_server_class`` (which engine.io to build),
   ``_send_packet`` (the CONNECT answer gets the recovery ``pid``),
   ``AsyncServer.environ`` (trimmed after connect), ``manager.rooms`` (room
-  participants read by the fan-out without a copy per event).
+  participants read by the fan-out without a copy per event). rooms.py's
+  ``IndexedRoomsManager`` (the default manager of ``SocketServer``) overrides
+  ``basic_enter_room``/``basic_leave_room``/``basic_close_room``/
+  ``basic_disconnect`` to index each sid's rooms; it relies on
+  ``basic_disconnect`` doing nothing but leave the sid's rooms and drop
+  ``callbacks[sid]`` and the sid from ``pending_connect``/``pending_disconnect``.
 tornado
   ``WebSocketProtocol._compressor`` (None when deflate is off: raw frames are
   then valid), ``ws_connection.stream`` (raw frames written to it),

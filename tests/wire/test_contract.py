@@ -173,6 +173,44 @@ async def test_socketio_rooms_map_sid_to_eio_sid():
          'maps namespace -> room -> {sid: eio_sid}')
 
 
+async def _rooms_scenario(mgr):
+    """Enter, leave, callbacks and pending states; returns the manager's state after two disconnects."""
+    mgr.set_server(socketio.AsyncServer(async_mode='tornado'))
+    mgr.initialize()
+    sids = [await mgr.connect(f'eio-{i}', '/') for i in range(4)]
+    for i, sid in enumerate(sids):
+        mgr.basic_enter_room(sid, '/', f'org:{i % 2}')
+        mgr.basic_enter_room(sid, '/', f'user:{i}')
+    mgr.basic_leave_room(sids[1], '/', 'user:1')
+    mgr._generate_ack_id(sids[0], lambda *a: None)
+    pending_sid = await mgr.pre_connect('eio-9', '/')      # pre-connected, never connected
+    mgr.pending_disconnect.setdefault('/', []).append(sids[2])
+    await mgr.disconnect(sids[0], '/')
+    await mgr.disconnect(sids[2], '/')
+    await mgr.disconnect(pending_sid, '/')
+    names = {sid: f's{i}' for i, sid in enumerate(sids)}
+    names[pending_sid] = 'p'
+    rooms = {ns: {names.get(r, r): sorted(names.get(s, s) for s in members)
+                  for r, members in nsrooms.items()} for ns, nsrooms in mgr.rooms.items()}
+    return (rooms, sorted(names.get(s, s) for s in mgr.callbacks),
+            {ns: list(v) for ns, v in mgr.pending_connect.items()},
+            {ns: list(v) for ns, v in mgr.pending_disconnect.items()})
+
+
+@pytest.mark.gen_test
+async def test_socketio_basic_disconnect_does_what_the_indexed_manager_does():
+    from sidecar.wire.rooms import IndexedRoomsManager
+    ours = IndexedRoomsManager()
+    theirs = await _rooms_scenario(socketio.AsyncManager())
+    need(await _rooms_scenario(ours) == theirs, 'socketio BaseManager.basic_disconnect',
+         'only leaves the rooms and drops callbacks[sid] and pending_connect/pending_disconnect')
+    need(theirs[0]['/'].get('org:0') == ['s2'] or theirs[0]['/'].get('org:0') is None,
+         'socketio BaseManager.rooms', 'loses a disconnected sid')
+    need(not ours.rooms_of.get('/', {}).keys() - {
+        sid for room in ours.rooms['/'].values() for sid in room},
+        'socketio BaseManager.basic_enter_room/basic_leave_room', 'are what rooms go through')
+
+
 # ------------------------------------------------------------------ tornado
 
 @pytest.mark.gen_test
