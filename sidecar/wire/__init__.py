@@ -53,7 +53,8 @@ tornado
   ``_accept_connection``), ``_handle_message``, ``_abort``,
   ``client_terminated``, ``_decompressor``, ``_wire_bytes_in``,
   ``params.max_message_size``, ``WebSocketHandler.on_ws_connection_close``,
-  ``tornado.util._websocket_mask``; ``IOStream.read_bytes(partial=True)``.
+  ``tornado.util._websocket_mask``; ``IOStream.read_bytes(partial=True)``,
+  ``IOStream.read_chunk_size`` (lowered to 4 KiB on an open websocket).
   An open websocket sheds (websocket.py ``shed_handshake``): the request's
   ``headers``/``arguments``/``query_arguments``/``body_arguments``/``files``/
   ``connection``/``server_connection``, the handler's ``ui``/``_transforms``/

@@ -29,7 +29,8 @@ Private names relied on (versions in the package docstring):
 when ``on_message`` is a coroutine), ``_abort``, ``client_terminated``,
 ``_decompressor`` (None without deflate), ``_wire_bytes_in``, ``params.
 max_message_size``, ``stream``; ``WebSocketHandler.on_ws_connection_close``;
-``tornado.util._websocket_mask``.
+``tornado.util._websocket_mask``; ``IOStream.read_chunk_size`` (the size of
+the buffer each recv() gets; tornado itself sets it on a stream it wraps in SSL).
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ log = logging.getLogger('crm_realtime.wire')
 
 #: the most read from the stream per readable event
 READ_CHUNK = 64 * 1024
+#: the stream's recv() buffer on an open websocket (tornado's default, 64 KiB, is a fresh
+#: zeroed bytearray per recv: twice per client message, once more for the EAGAIN that ends it)
+RECV_CHUNK = 4096
 
 
 class WireProtocol(WebSocketProtocol13):
@@ -59,6 +63,8 @@ class WireProtocol(WebSocketProtocol13):
         if self._decompressor is not None:
             await super()._receive_frame_loop()
             return
+        if self.stream.read_chunk_size > RECV_CHUNK:
+            self.stream.read_chunk_size = RECV_CHUNK
         self._wire_read()
 
     # ------------------------------------------------------------------ reading

@@ -333,6 +333,8 @@ def test_tornado_accept_awaits_the_frame_loop_last_and_the_loop_reports_the_clos
          'dispatches messages, echoes a close and answers a ping')
     need(inspect.signature(tornado.iostream.BaseIOStream.read_bytes).parameters.get('partial') is not None,
          'tornado IOStream.read_bytes', 'takes partial=')
+    need('bytearray(self.read_chunk_size)' in _src(tornado.iostream.BaseIOStream._read_to_buffer),
+         'tornado IOStream.read_chunk_size', 'is the size of the buffer each recv() gets')
 
 
 @pytest.mark.gen_test
