@@ -70,7 +70,7 @@ _NO_ARGUMENTS = MappingProxyType({})
 #: handler class has a default for each (an attribute absent from an instance costs nothing)
 _HANDSHAKE_ATTRIBUTES = ('ui', '_transforms', '_prepared_future', '_headers', 'path_args',
                          'path_kwargs', 'open_args', 'open_kwargs', '_chunks', '_size', '_refused',
-                         'allowed_origins', '_write_buffer')
+                         'allowed_origins', '_write_buffer', 'receive_queue')
 
 
 def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origins):
@@ -95,6 +95,7 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
         path_args = open_args = ()
         path_kwargs = open_kwargs = _NO_ARGUMENTS
         allowed_origins = None      # engine.io's driver's, read by its check_origin (ours is below)
+        receive_queue = None        # engine.io's loop reads it; an event-driven session does not
         _write_buffer = ()          # the response body buffer; write() is disabled once open
 
         def __init__(self, *args, **kwargs):
