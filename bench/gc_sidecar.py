@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+#: this checkout's sidecar, not whichever one the interpreter's environment installed
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def main() -> int:
     path = Path(sys.argv[1])
@@ -38,6 +41,7 @@ def main() -> int:
 
     gc.callbacks.append(on_gc)
     signal.signal(signal.SIGUSR2, report)
+    sys.path.insert(0, str(ROOT))
     from sidecar.cli import main as cli_main
     return cli_main(['serve'])
 
