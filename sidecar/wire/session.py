@@ -21,7 +21,10 @@ per idle socket. ``WireSocket`` is the same session, event-driven:
   spread value, see engine.py) and checks ``ping_timeout`` after it: a client
   that stops answering is closed with engine.io's PING_TIMEOUT reason, a CLOSE
   packet, then its websocket, at most ping_interval + ping_timeout (+ one
-  wheel step) after its last PONG, as before.
+  wheel step) after its last PONG, as before. The PING is one frame built
+  once, handed to the kernel with one ``send`` when nothing the session queued
+  is unwritten (the fan-out's rule, so order holds), else queued as before; a
+  PONG is recognised as the string ``"3"`` without building a Packet.
 * Once the websocket is open the request task ends, releasing the handshake,
   and the request's headers go (websocket.py).
 
