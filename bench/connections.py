@@ -20,6 +20,10 @@ Client i belongs to organization (i % orgs) + 1. Printed per server, side by sid
     deliveries/s), commit-to-client p50/p99 over every delivery, and whether every
     expected delivery arrived exactly once.
 
+--gc-report FILE runs the sidecar through bench/gc_sidecar.py, which records every
+garbage collection's generation and pause; the report prints them per phase (start-up,
+accept, idle, latency). The figures of such a run are otherwise those of a plain run.
+
 --trace-sidecar FILE runs the sidecar under tracemalloc (bench/traced_sidecar.py) and,
 with the sockets connected and idle, writes to FILE what holds the memory (top
 allocation sites by traceback, objects by type) and how many asyncio tasks and timer
@@ -69,13 +73,15 @@ def raise_nofile(wanted: int) -> int:
     return soft
 
 
-def start_server(kind, db_url, port, log_path, trace_file=None):
+def start_server(kind, db_url, port, log_path, trace_file=None, gc_file=None):
     log = open(log_path, 'wb')
     if kind == 'sidecar':
         env = dict(os.environ, SIDECAR_DATABASE_URL=db_url, SIDECAR_JWT_SECRET=SECRET,
                    SIDECAR_HOST='127.0.0.1', SIDECAR_PORT=str(port), SIDECAR_LOG_LEVEL='WARNING')
         if trace_file:
             cmd = [sys.executable, str(ROOT / 'bench/traced_sidecar.py'), str(trace_file)]
+        elif gc_file:
+            cmd = [sys.executable, str(ROOT / 'bench/gc_sidecar.py'), str(gc_file)]
         else:
             cmd = [sys.executable, '-m', 'sidecar', 'serve']
     else:
@@ -117,13 +123,21 @@ def run_one(kind, args):
     server, clients = None, []
     deadline = time.monotonic() + args.max_seconds
     trace = Path(args.trace_sidecar).resolve() if (args.trace_sidecar and kind == 'sidecar') else None
+    gc_file = Path(args.gc_report).resolve() if (args.gc_report and kind == 'sidecar') else None
+
+    def gc_mark():
+        if gc_file:
+            server.send_signal(signal.SIGUSR2)     # the collector's pauses since the previous mark
     try:
         with ScratchDB(args.pg) as db, psycopg.connect(db.url, autocommit=True) as writer:
             port = free_port()
-            server = start_server(kind, db.url, port, workdir / 'server.log', trace)
+            if gc_file and gc_file.exists():
+                gc_file.unlink()
+            server = start_server(kind, db.url, port, workdir / 'server.log', trace, gc_file)
             if trace:
                 server.send_signal(signal.SIGUSR1)     # start tracing, before the first connection
             time.sleep(1.0)
+            gc_mark()       # mark 1: start-up
             rss0, cpu0, t0 = rss_kb(server.pid), cpu_seconds(server.pid), time.monotonic()
             for p, idx in enumerate(slices):
                 per_org = {}
@@ -139,6 +153,7 @@ def run_one(kind, args):
                     'local_address': f'127.0.0.{2 + p}'}, sub))
             readies = [c.wait_for('ready', max(1, deadline - time.monotonic())) for c in clients]
             t1, cpu1 = time.monotonic(), cpu_seconds(server.pid)
+            gc_mark()       # mark 2: accepting every socket
             bad = [r for r in readies if not r or r['type'] != 'ready' or r['failed']]
             connected = sum(r['connected'] for r in readies if r and r['type'] == 'ready')
             if bad:
@@ -159,6 +174,7 @@ def run_one(kind, args):
             i0 = cpu_seconds(server.pid)
             time.sleep(args.idle_seconds)
             result['idle_cpu'] = (cpu_seconds(server.pid) - i0) / args.idle_seconds
+            gc_mark()       # mark 3: the rest of accepting, 2 s, and the idle window
             if time.monotonic() > deadline:
                 raise RuntimeError('ran out of time before the latency phase')
 
@@ -185,6 +201,10 @@ def run_one(kind, args):
             settle = time.monotonic() + min(30.0, max(1.0, deadline - time.monotonic()))
             summaries = [c.wait_for('summary', max(0.1, settle - time.monotonic())) for c in clients]
             result['busy_cpu'] = (cpu_seconds(server.pid) - l0) / (time.monotonic() - t_start)
+            gc_mark()       # mark 4: the latency phase and its settling
+            if gc_file:
+                time.sleep(0.5)
+                result['gc'] = gc_file.read_text() if gc_file.exists() else '(no report)'
             if kind == 'sidecar':       # what the server says it wrote (warm-up included)
                 try:
                     with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5) as m:
@@ -255,6 +275,10 @@ def report(r, args):
         print(f"  server /metrics       did not answer: {r['server_wrote_error']}", flush=True)
     if r.get('server_log'):
         print(f"  server log kept in    {r['server_log']}", flush=True)
+    if r.get('gc'):
+        print('  garbage collector     (marks: 1 start-up, 2 accept, 3 idle, 4 latency)')
+        for line in r['gc'].splitlines():
+            print(f'    {line}', flush=True)
 
 
 def main():
@@ -270,6 +294,7 @@ def main():
     p.add_argument('--seconds', type=float, default=10.0, help='length of the latency phase')
     p.add_argument('--max-seconds', type=float, default=400.0, help='time limit per server')
     p.add_argument('--trace-sidecar', metavar='FILE', help='run the sidecar under tracemalloc, report to FILE')
+    p.add_argument('--gc-report', metavar='FILE', help="record the sidecar's garbage-collector pauses per phase into FILE")
     p.add_argument('--pg', default=os.environ.get('CRM_REALTIME_TEST_PG',
                                                   'postgresql://postgres@127.0.0.1:5432/postgres'))
     args = p.parse_args()

@@ -16,6 +16,9 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+#: this checkout's sidecar, not whichever one the interpreter's environment installed
+ROOT = Path(__file__).resolve().parents[1]
+
 FRAMES = 12
 
 
@@ -62,6 +65,7 @@ def main() -> int:
             tracemalloc.start(FRAMES)
 
     signal.signal(signal.SIGUSR1, on_signal)
+    sys.path.insert(0, str(ROOT))
     from sidecar.cli import main as cli_main
     return cli_main(['serve'])
 

@@ -35,6 +35,7 @@ import socketio
 
 from .auth import CLIENT_MESSAGE, AuthError, TokenVerifier, bearer_token
 from .events import Change, org_room, room_of, route, user_room
+from .expiry import Expiries
 from .recovery import Recovery
 from .wire import NAMESPACE, Fanout, SocketServer, check, trim_environ, websocket_handler
 
@@ -70,7 +71,7 @@ class Realtime:
         self.websocket_handler = websocket_handler(
             self.sio, compression=settings.websocket_compression,
             max_body_bytes=settings.max_http_buffer_bytes, cors_origins=cors)
-        self._expiry = {}
+        self._expiry = Expiries(lambda sid: asyncio.ensure_future(self._expire(sid)))
         self.sio.on('connect', self._on_connect)
         self.sio.on('disconnect', self._on_disconnect)
         self.sio.on(AUTH_REFRESH, self._on_refresh)
@@ -110,9 +111,7 @@ class Realtime:
         return rooms
 
     def _schedule_expiry(self, sid, expires_at: float) -> None:
-        delay = max(0.0, expires_at - time.time())
-        self._expiry[sid] = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._expire(sid)))
+        self._expiry.set(sid, expires_at)
 
     async def _on_refresh(self, sid, data=None):
         data = data if isinstance(data, dict) else {}
@@ -123,8 +122,7 @@ class Realtime:
             self.metrics.auth_refused.labels(exc.reason).inc()
             return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': exc.reason}
         session = await self.sio.get_session(sid)
-        handle = self._expiry.get(sid)
-        if handle is None:
+        if sid not in self._expiry:
             return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': 'token_expired'}
         if (ident.organization_id, ident.user_id) != (session['organization_id'], session['user_id']):
             log.info('socket %s: token refresh refused: the token is for organization %s user %s, '
@@ -132,7 +130,6 @@ class Realtime:
                      ident.user_id, session['organization_id'], session['user_id'])
             self.metrics.auth_refused.labels('identity_mismatch').inc()
             return {'ok': False, 'message': CLIENT_MESSAGE, 'reason': 'identity_mismatch'}
-        handle.cancel()
         self._schedule_expiry(sid, ident.expires_at)
         session['exp'] = ident.expires_at
         await self.sio.save_session(sid, session)
@@ -143,17 +140,16 @@ class Realtime:
 
     async def _on_disconnect(self, sid, *reason):
         self.recovery.forget(sid)
-        handle = self._expiry.pop(sid, None)
-        if handle is not None:
-            handle.cancel()
+        if self._expiry.pop(sid):
             self.metrics.connected_clients.dec()
 
     async def _expire(self, sid):
-        if self._expiry.pop(sid, None) is not None:
-            self.metrics.connected_clients.dec()
-            self.recovery.forget(sid)
-            log.info('socket %s disconnected: token expired', tag(sid))
-            await self.sio.disconnect(sid)
+        # Expiries has dropped the expiry before calling back, so _on_disconnect does not
+        # count this socket out a second time
+        self.metrics.connected_clients.dec()
+        self.recovery.forget(sid)
+        log.info('socket %s disconnected: token expired', tag(sid))
+        await self.sio.disconnect(sid)
 
     # ------------------------------------------------------------------ live stream
 

@@ -44,11 +44,25 @@ socketio (``socketio``)
   per client so that a disconnect does not walk every room (rooms.py).
 tornado
   ``WebSocketProtocol._compressor`` (None when deflate is off: raw frames are
-  then valid), ``ws_connection.stream`` (raw frames written to it),
-  ``IOStream._write_buffer`` (unsent bytes: ordering and the backlog limit),
-  ``IOStream._connecting``. ``TCPServer._handle_connection`` (what its accept
+  then valid), ``ws_connection.stream`` (raw frames written to it; pings too,
+  session.py), ``IOStream._write_buffer`` (unsent bytes: ordering and the
+  backlog limit), ``IOStream._connecting``. ``TCPServer._handle_connection`` (what its accept
   callback calls; accept.py accepts itself, to pause instead of spinning when
-  the process is out of file descriptors).
+  the process is out of file descriptors). The frame reader (frames.py):
+  ``WebSocketProtocol13._receive_frame_loop`` (overridden; awaited last by
+  ``_accept_connection``), ``_handle_message``, ``_abort``,
+  ``client_terminated``, ``_decompressor``, ``_wire_bytes_in``,
+  ``params.max_message_size``, ``WebSocketHandler.on_ws_connection_close``,
+  ``tornado.util._websocket_mask``; ``IOStream.read_bytes(partial=True)``,
+  ``IOStream.read_chunk_size`` (lowered to 4 KiB on an open websocket).
+  An open websocket sheds (websocket.py ``shed_handshake``): the request's
+  ``headers``/``arguments``/``query_arguments``/``body_arguments``/``files``/
+  ``connection``/``server_connection``, the handler's ``ui``/``_transforms``/
+  ``_prepared_future``/``_headers``/``path_args``/``path_kwargs``/
+  ``open_args``/``open_kwargs``/``allowed_origins``/``_write_buffer`` (class
+  defaults stand in; none is read once open), and swaps ``IOStream.
+  _write_futures`` and ``_write_buffer._buffers`` (deques) for ``LazyDeque``
+  (queues.py: append, popleft, [0], [-1], iteration, clear, len).
 asyncio
   ``Queue._init``/``_get``/``_put`` (documented subclass hooks), ``_getters``,
   ``_putters``, ``_finished._waiters`` (lists instead of deques),

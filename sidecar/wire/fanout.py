@@ -51,28 +51,15 @@ from typing import Optional
 
 from engineio import packet as eio_packet
 from engineio.exceptions import EngineIOError
-from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.iostream import StreamClosedError
 from socketio import packet as sio_packet
 
 from ..events import Delivery
 from .queues import unsent_packets
-from .websocket import text_frame, writable_stream
+from .websocket import send_frame, text_frame, writable_stream
 
 NAMESPACE = '/'
 log = logging.getLogger('crm_realtime.fanout')
-
-
-def _send_some(sock, frame: bytes) -> int:
-    """One non-blocking send; 0 when the kernel takes nothing or the socket failed.
-
-    Failure is left to tornado: the caller then hands the frame to
-    ``IOStream.write``, which meets the same error and closes the stream the
-    usual way (on_close, disconnect handlers).
-    """
-    try:
-        return sock.send(frame)
-    except OSError:     # BlockingIOError (buffer full) included
-        return 0
 
 
 class Fanout:
@@ -99,12 +86,7 @@ class Fanout:
             self._close_slow(eio_sid, stream)
             return None
         try:
-            if pending is None or pending or stream._connecting or isinstance(stream, SSLIOStream):
-                stream.write(frame)      # behind bytes tornado still holds: queue after them
-            else:
-                sent = _send_some(stream.socket, frame)
-                if sent < len(frame):    # kernel buffer full: tornado keeps the rest
-                    stream.write(frame[sent:] if sent else frame)
+            send_frame(stream, frame)   # one send(), or behind the bytes tornado still holds
         except StreamClosedError:
             return False
         return True

@@ -113,3 +113,65 @@ class Inbox:
 
     def qsize(self) -> int:
         return len(self._items)
+
+
+class LazyDeque:
+    """A deque that exists only while it holds something (an empty ``collections.deque`` is 760 bytes).
+
+    Put in place of an idle IOStream's two deques (its write futures and its
+    write buffer's chunks), which are empty for nearly all of a websocket's
+    life. Offers what tornado's IOStream does with them: ``append``,
+    ``popleft``, ``[0]``/``[-1]``, iteration, ``clear``, ``len`` and truth;
+    the deque is made on the first append and dropped when emptied, so a
+    lagging client's backlog still drains in O(1) per chunk.
+    """
+    __slots__ = ('_d',)
+
+    def __init__(self, items=None):
+        self._d = collections.deque(items) if items else None
+
+    def append(self, item) -> None:
+        d = self._d
+        if d is None:
+            d = self._d = collections.deque()
+        d.append(item)
+
+    def popleft(self):
+        d = self._d
+        if d is None:
+            raise IndexError('pop from an empty deque')
+        item = d.popleft()
+        if not d:
+            self._d = None
+        return item
+
+    def __getitem__(self, index):
+        d = self._d
+        if d is None:
+            raise IndexError('deque index out of range')
+        return d[index]
+
+    def __len__(self) -> int:
+        d = self._d
+        return 0 if d is None else len(d)
+
+    def __bool__(self) -> bool:
+        return self._d is not None
+
+    def __iter__(self):
+        d = self._d
+        return iter(()) if d is None else iter(d)
+
+    def clear(self) -> None:
+        self._d = None
+
+
+def lighten_stream(stream) -> bool:
+    """Swap an IOStream's two deques for ``LazyDeque``s; False (nothing changed) if they are not deques."""
+    futures = getattr(stream, '_write_futures', None)
+    chunks = getattr(getattr(stream, '_write_buffer', None), '_buffers', None)
+    if type(futures) is not collections.deque or type(chunks) is not collections.deque:
+        return False
+    stream._write_futures = LazyDeque(futures)
+    stream._write_buffer._buffers = LazyDeque(chunks)
+    return True

@@ -21,7 +21,10 @@ per idle socket. ``WireSocket`` is the same session, event-driven:
   spread value, see engine.py) and checks ``ping_timeout`` after it: a client
   that stops answering is closed with engine.io's PING_TIMEOUT reason, a CLOSE
   packet, then its websocket, at most ping_interval + ping_timeout (+ one
-  wheel step) after its last PONG, as before.
+  wheel step) after its last PONG, as before. The PING is one frame built
+  once, handed to the kernel with one ``send`` when nothing the session queued
+  is unwritten (the fan-out's rule, so order holds), else queued as before; a
+  PONG is recognised as the string ``"3"`` without building a Packet.
 * Once the websocket is open the request task ends, releasing the handshake,
   and the request's headers go (websocket.py).
 
@@ -55,12 +58,18 @@ from engineio.async_socket import AsyncSocket
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from .websocket import shed_handshake, text_frame, writable_stream
+from .queues import unsent_packets
+from .websocket import send_frame, shed_handshake, text_frame, writable_stream
 
 log = logging.getLogger('crm_realtime.wire')
 
 #: the wheel's step, in seconds: pings and timeout checks are late by at most this much
 WHEEL_STEP = 0.25
+
+#: engine.io's PING packet ("2") as one websocket text frame, built once
+PING_FRAME = text_frame(eio_packet.Packet(eio_packet.PING).encode())
+#: engine.io's PONG packet as the client sends it
+PONG = eio_packet.Packet(eio_packet.PONG).encode()
 
 _background = set()     # strong references to the few tasks started here (close, receive)
 # per-session state kept outside the sessions' __dict__ (it would grow each one for good)
@@ -121,22 +130,21 @@ class PingWheel:
         try:
             for key in sorted(k for k in self._checks if k <= now_key):
                 for sock in self._checks.pop(key):
-                    self._run(sock._check_ping_timeout)
+                    try:
+                        sock._check_ping_timeout()
+                    except Exception:  # noqa: BLE001 - one socket's failure must not stop every other's
+                        log.exception('ping wheel: a ping-timeout check failed')
             for key in sorted(k for k in self._pings if k <= now_key):
                 for sock in self._pings.pop(key):
                     if sock._ping_key == key:
-                        self._run(sock._ping)
+                        try:
+                            sock._ping()
+                        except Exception:  # noqa: BLE001 - as above
+                            log.exception('ping wheel: a ping failed')
         finally:
             pending = [k for d in (self._pings, self._checks) for k in d]
             if pending:
                 self._arm(min(pending))
-
-    @staticmethod
-    def _run(step) -> None:
-        try:
-            step()
-        except Exception:  # noqa: BLE001 - one socket's failure must not stop every other's pings
-            log.exception('ping wheel: %s failed', step.__name__)
 
 
 class WireSocket(AsyncSocket):
@@ -157,8 +165,23 @@ class WireSocket(AsyncSocket):
         if self.closing or self.closed:
             return
         self.last_ping = time.time()
-        self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        if not self._send_ready_frame(PING_FRAME):
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
         self.server.pings.check_in(self, self.server.ping_timeout + self.server.pings.step)
+
+    def _send_ready_frame(self, frame: bytes) -> bool:
+        """Write a pre-built frame now, when nothing this session queued is still unwritten."""
+        handler = self._ws
+        if handler is None or unsent_packets(self.queue) != 0:
+            return False
+        stream = writable_stream(handler)
+        if stream is None:
+            return False
+        try:
+            send_frame(stream, frame)
+        except (StreamClosedError, WebSocketClosedError):
+            return False
+        return True
 
     def _check_ping_timeout(self) -> None:
         last = self.last_ping
@@ -192,6 +215,9 @@ class WireSocket(AsyncSocket):
     def feed(self, message) -> None:
         """One message from the websocket (tornado's on_message)."""
         if self.closed:
+            return
+        if message == PONG and self not in _inboxes:
+            self.schedule_ping()    # the common case, without building a Packet
             return
         if len(message) > self.server.max_http_buffer_size:
             log.info('websocket message of %d bytes over the limit: closing it', len(message))

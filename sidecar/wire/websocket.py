@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from types import MappingProxyType
 from typing import Optional
 
 import socketio
@@ -50,13 +51,26 @@ import tornado.web
 import tornado.websocket
 
 from tornado.httputil import HTTPHeaders
+from tornado.iostream import SSLIOStream
 
-from .queues import Inbox
+from .frames import wire_protocol
+from .queues import Inbox, lighten_stream
 
 log = logging.getLogger('crm_realtime.wire')
 
 #: close code for a websocket engine.io refused (RFC 6455: policy violation)
 REFUSED = 1008
+
+#: what an open websocket's request keeps instead of its headers (read only before open)
+_NO_HEADERS = HTTPHeaders()
+#: ... and instead of its argument dicts (read-only: nothing may add to a shared one)
+_NO_ARGUMENTS = MappingProxyType({})
+
+#: handler attributes set by the handshake and not read once the websocket is open; the
+#: handler class has a default for each (an attribute absent from an instance costs nothing)
+_HANDSHAKE_ATTRIBUTES = ('ui', '_transforms', '_prepared_future', '_headers', 'path_args',
+                         'path_kwargs', 'open_args', 'open_kwargs', '_chunks', '_size', '_refused',
+                         'allowed_origins', '_write_buffer', 'receive_queue')
 
 
 def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origins):
@@ -69,13 +83,24 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
         live = set()        # open websockets
         polls = set()       # sids with a poll pending
         wire_socket = None      # the engine.io session, once it runs event-driven (session.py)
+        # a request body's chunks while it streams in (class-level defaults: no dict slot until used)
+        _chunks = None
+        _size = 0
+        _refused = False
+        # what stands in for the handshake's attributes an open websocket drops (shed_handshake)
+        ui = None
+        _transforms = None
+        _prepared_future = None
+        _headers = _NO_HEADERS
+        path_args = open_args = ()
+        path_kwargs = open_kwargs = _NO_ARGUMENTS
+        allowed_origins = None      # engine.io's driver's, read by its check_origin (ours is below)
+        receive_queue = None        # engine.io's loop reads it; an event-driven session does not
+        _write_buffer = ()          # the response body buffer; write() is disabled once open
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.receive_queue = Inbox()
-            self._chunks = []
-            self._size = 0
-            self._refused = False
 
         # -------------------------------------------------------------- sessions
 
@@ -129,9 +154,11 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
                 return
             self._size += len(chunk)
             if self._size > max_body_bytes:
-                self._chunks = []
+                self._chunks = None
                 self._refuse_body()
                 return
+            if self._chunks is None:
+                self._chunks = []
             self._chunks.append(chunk)
 
         def _refuse_body(self):
@@ -146,8 +173,8 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
         async def post(self, *args, **kwargs):
             if self._foreign_session():
                 return
-            self.request.body = b''.join(self._chunks)
-            self._chunks = []
+            self.request.body = b''.join(self._chunks or ())
+            self._chunks = None
             await eio.handle_request(self)
 
         # -------------------------------------------------------------- websocket
@@ -203,11 +230,12 @@ def websocket_handler(sio, *, compression: bool, max_body_bytes: int, cors_origi
         def get_compression_options(self):
             return {} if compression else None
 
+        def get_websocket_protocol(self):
+            # tornado's protocol, read by callbacks once open (frames.py)
+            protocol = super().get_websocket_protocol()
+            return wire_protocol(protocol) if protocol is not None else None
+
     return Handler
-
-
-#: what an open websocket's request keeps instead of its headers (read only before open)
-_NO_HEADERS = HTTPHeaders()
 
 
 def shed_handshake(handler) -> None:
@@ -215,19 +243,35 @@ def shed_handshake(handler) -> None:
 
     The request's headers and query arguments were read by the handshake
     (tornado's, then engine.io's ``translate_request``; what the connect
-    handler reads is in the environ). ``remote_ip`` stays.
+    handler reads is in the environ). ``remote_ip`` stays. The HTTP/1
+    connection objects go, and the handler's handshake-only attributes (its
+    response headers, UI namespace, transforms, path and open arguments) fall
+    back to class-level defaults, with the handler's ``__dict__`` rebuilt.
 
-    (The IOStream's two deques, its write buffer's chunks and the futures of
-    pending writes, 760 bytes each, stay deques: as lists, a client that falls
-    behind makes every write it then drains cost a copy of the whole backlog,
-    which stalled the server for 30 s at 10,000 websockets.)
+    The IOStream's two deques (its write buffer's chunks and the futures of
+    pending writes, 760 bytes each, empty nearly all the time) become
+    ``LazyDeque``s, deques only while they hold something. (Not lists: as
+    lists, a client that falls behind makes every write it then drains cost a
+    copy of the whole backlog, which stalled the server for 30 s at 10,000
+    websockets.)
     """
     request = handler.request
     headers, request.headers = request.headers, _NO_HEADERS
     if headers is not _NO_HEADERS:
-        headers.clear()     # tornado's suspended HTTP/1 reader still refers to the same object
-    request.arguments = {}
-    request.query_arguments = {}
+        headers.clear()     # in case anything still refers to the same object
+    request.arguments = request.query_arguments = _NO_ARGUMENTS
+    request.body_arguments = request.files = _NO_ARGUMENTS
+    # the HTTP/1 connection the handshake came on: detached from the stream, its reader
+    # done; kept only by the request (HTTP1Connection, HTTP1ServerConnection, their futures)
+    request.connection = request.server_connection = None
+    if type(handler).ui is None:            # the wire's handler class, with its defaults
+        attrs = handler.__dict__
+        for name in _HANDSHAKE_ATTRIBUTES:
+            attrs.pop(name, None)
+        handler.__dict__ = dict(attrs)      # a dict does not shrink when keys go; a copy does
+    stream = getattr(handler.ws_connection, 'stream', None)
+    if stream is not None:
+        lighten_stream(stream)
 
 
 def close_websockets(handler_cls, code: int = 1001, reason: str = 'server shutting down') -> None:
@@ -244,6 +288,36 @@ def text_frame(payload: str) -> bytes:
     if n <= 0xFFFF:
         return struct.pack('!BBH', 0x81, 126, n) + data
     return struct.pack('!BBQ', 0x81, 127, n) + data
+
+
+def _send_some(sock, frame: bytes) -> int:
+    """One non-blocking send; 0 when the kernel takes nothing or the socket failed.
+
+    Failure is left to tornado: the caller then hands the frame to
+    ``IOStream.write``, which meets the same error and closes the stream the
+    usual way (on_close, disconnect handlers).
+    """
+    try:
+        return sock.send(frame)
+    except OSError:     # BlockingIOError (buffer full) included
+        return 0
+
+
+def send_frame(stream, frame: bytes) -> None:
+    """Write one ready-made frame to a websocket's stream, in order with what tornado holds.
+
+    When tornado holds no unsent bytes for the stream, the frame goes to the
+    kernel with one ``send`` (no Future, no bookkeeping); whatever the kernel
+    does not take, or the whole frame when tornado still holds bytes, goes
+    through ``IOStream.write``, behind them. Raises ``StreamClosedError``.
+    """
+    pending = getattr(stream, '_write_buffer', None)     # tornado's unsent bytes
+    if pending is None or pending or stream._connecting or isinstance(stream, SSLIOStream):
+        stream.write(frame)
+        return
+    sent = _send_some(stream.socket, frame)
+    if sent < len(frame):       # kernel buffer full: tornado keeps the rest
+        stream.write(frame[sent:] if sent else frame)
 
 
 def writable_stream(handler) -> Optional[object]:

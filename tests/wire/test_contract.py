@@ -279,3 +279,89 @@ async def test_asyncio_queue_put_ends_in_put_nowait():
     await q.put('a')
     q.put_nowait('b')
     need(seen == [1, 2] and unsent_packets(q) == 2, 'asyncio.Queue.put', 'ends in put_nowait()')
+
+
+# ------------------------------------------------------------------ frames.py, shed_handshake, LazyDeque
+
+def test_tornado_accept_awaits_the_frame_loop_last_and_the_loop_reports_the_close():
+    from tornado.websocket import WebSocketProtocol13
+    accept = _src(WebSocketProtocol13._accept_connection)
+    need(accept.rstrip().endswith('await self._receive_frame_loop()'),
+         'tornado WebSocketProtocol13._accept_connection', 'awaits _receive_frame_loop() last')
+    need('handler.open(' in accept and accept.find('handler.open(') < accept.find('_receive_frame_loop'),
+         'tornado WebSocketProtocol13._accept_connection', 'calls handler.open() before reading')
+    loop = _src(WebSocketProtocol13._receive_frame_loop)
+    need('self.handler.on_ws_connection_close(self.close_code, self.close_reason)' in loop
+         and 'self._abort()' in loop, 'tornado WebSocketProtocol13._receive_frame_loop',
+         'aborts on StreamClosedError and ends in handler.on_ws_connection_close')
+    frame = _src(WebSocketProtocol13._receive_frame)
+    for piece in ('self.params.max_message_size', 'self._handle_message(opcode, data)',
+                  '_websocket_mask(self._frame_mask, data)', 'self._decompressor is not None',
+                  'self._wire_bytes_in'):
+        need(piece in frame or piece in loop or piece in _src(WebSocketProtocol13._read_bytes),
+             'tornado WebSocketProtocol13._receive_frame', f'uses {piece} as frames.py does')
+    handle = _src(WebSocketProtocol13._handle_message)
+    need('self.handler.on_message' in handle and 'self.close(self.close_code)' in handle
+         and '_send_pong(data)' in handle, 'tornado WebSocketProtocol13._handle_message',
+         'dispatches messages, echoes a close and answers a ping')
+    need(inspect.signature(tornado.iostream.BaseIOStream.read_bytes).parameters.get('partial') is not None,
+         'tornado IOStream.read_bytes', 'takes partial=')
+    need('bytearray(self.read_chunk_size)' in _src(tornado.iostream.BaseIOStream._read_to_buffer),
+         'tornado IOStream.read_chunk_size', 'is the size of the buffer each recv() gets')
+
+
+@pytest.mark.gen_test
+async def test_tornado_iostream_deques_and_what_it_does_with_them():
+    from sidecar.wire.queues import LazyDeque, lighten_stream
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    stream = tornado.iostream.IOStream(a)
+    try:
+        need(type(stream._write_futures) is collections.deque, 'tornado IOStream._write_futures',
+             'is a deque')
+        need(type(stream._write_buffer._buffers) is collections.deque,
+             'tornado IOStream._write_buffer._buffers', 'is a deque')
+        need(lighten_stream(stream) and isinstance(stream._write_futures, LazyDeque),
+             'tornado IOStream deques', 'can be swapped')
+        # a backlog the peer does not read, written in small and large pieces, then drained
+        pieces = [bytes([i % 251]) * (1 + (i * 7919) % 70000) for i in range(300)]
+        futures = [stream.write(p) for p in pieces]
+        await asyncio.sleep(0.05)
+        need(len(stream._write_buffer) > 0 and stream._write_futures,
+             'tornado IOStream._write_buffer', 'holds the backlog in its chunks')
+        want, got = b''.join(pieces), bytearray()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(got) < len(want) and loop.time() < deadline:
+            try:
+                got += b.recv(1 << 20)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        await asyncio.gather(*futures)
+        need(bytes(got) == want, 'tornado IOStream with LazyDeques', 'writes every byte in order')
+        need(not stream._write_futures and len(stream._write_buffer) == 0,
+             'tornado IOStream._write_futures', 'empties once everything is written')
+        need(stream._write_futures._d is None and stream._write_buffer._buffers._d is None,
+             'tornado IOStream deques', 'are emptied through popleft/clear')
+    finally:
+        stream.close()
+        b.close()
+
+
+def test_tornado_handshake_attributes_are_not_read_once_open():
+    from tornado.websocket import WebSocketHandler, WebSocketProtocol13
+    # read only by the request's _execute, get() and accept: none of the open-connection paths
+    open_paths = ''.join(_src(f) for f in (
+        WebSocketHandler.write_message, WebSocketHandler.close, WebSocketHandler.on_connection_close,
+        WebSocketHandler.on_ws_connection_close, WebSocketHandler._break_cycles,
+        WebSocketProtocol13.write_message, WebSocketProtocol13.close, WebSocketProtocol13._handle_message,
+        WebSocketProtocol13._write_frame, tornado.websocket.WebSocketProtocol._abort))
+    for name in ('self.ui', '_transforms', '_prepared_future', 'self._headers', 'path_args',
+                 'path_kwargs', 'open_args', 'open_kwargs', 'allowed_origins', 'self._write_buffer',
+                 'request.connection', 'server_connection', 'request.arguments'):
+        need(name not in open_paths.replace('self.ui = None', ''), f'tornado WebSocketHandler {name}',
+             'is not read on an open websocket')
+    detach = _src(WebSocketHandler._detach_stream)
+    need('"write"' in detach and '"finish"' in detach, 'tornado WebSocketHandler._detach_stream',
+         'disables write/finish on the handler (they stay instance attributes)')
