@@ -237,6 +237,9 @@ class Recovery:
 
     async def start(self, sid, auth) -> Tuple[Optional[Position], str]:
         """(position to replay from or None, pid to announce) for a connecting socket."""
+        # nobody connected: the listener dozes; move its position to now first,
+        # so a fresh socket does not start where the last one left
+        await self._listener.fresh()
         pid = auth.get('pid')
         if pid is not None:
             # An offset that is present but not one of ours means "cannot tell
