@@ -168,6 +168,8 @@ class Listener:
         self.following = False     # True while the lock is released (reading anyway)
         self._advanced = asyncio.Event()
         self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
+        self._handled = None           # the connection _on_notify is registered with
+        self._pending_notify = False   # a notification came in during a query
         self._attempt = 0
         self._in_progress: Tuple[int, ...] = ()   # transactions running at the last read
         self._watch: frozenset = frozenset()       # of those, the ones that may not notify
@@ -342,7 +344,9 @@ class Listener:
                     delay = max(delay / 2, self.follow_min_seconds)
                 elif self._carried < self.follow_batch:
                     delay = min(delay * 2, self.follow_max_seconds)
-                await self._notified(conn, delay)
+                # the lock is released: no writer notifies us, so no socket to
+                # watch; a notification taken in by the next read is flagged
+                await asyncio.sleep(delay)
             else:
                 if self._watch:
                     timeout = min(delay, self._check)
@@ -443,18 +447,35 @@ class Listener:
             self._mapping_gauge.set(len(problems))
 
 
+    def _on_notify(self, _notify) -> None:
+        """psycopg's notify handler: called for a notification taken in during any query."""
+        self._pending_notify = True
+        if self._readable is not None:
+            _resolve(self._readable)
+
     async def _notified(self, conn: psycopg.AsyncConnection, timeout: float) -> bool:
         """True when a notification (or anything else from the server) came within ``timeout``.
 
         Not ``conn.notifies(timeout=...)``: while it waits, psycopg wakes every
-        100 ms to poll its socket, ten times a second on an idle sidecar. Here
-        the notifications psycopg already holds (those that arrived during the
-        last read) are taken without waiting; otherwise the task sleeps until
-        the socket is readable, ``stop()`` is called, or ``timeout`` passes.
-        A closed or broken connection shows up as readable, and the drain
-        that follows raises, which the run loop handles.
+        100 ms to poll its socket, ten times a second on an idle sidecar; and
+        even with ``timeout=0`` each call costs tens of µs of locking and
+        generator set-up, twice per wake-up. Instead a notify handler
+        (``add_notify_handler``, registered here once per connection, after
+        taking what psycopg kept before it existed) flags the notifications
+        psycopg takes in during queries; otherwise the task sleeps until the
+        socket is readable, ``stop()`` or ``wake()`` is called, or ``timeout``
+        passes, and then consumes the input with libpq's ``consume_input`` and
+        ``notifies``. A closed or broken connection shows up as readable, and
+        ``consume_input`` raises, which the run loop handles.
         """
-        if await _drain(conn):
+        if self._handled is not conn:
+            got = await _drain(conn)
+            conn.add_notify_handler(self._on_notify)
+            self._handled = conn
+            if got:
+                return True
+        if self._pending_notify:
+            self._pending_notify = False
             return True
         loop = asyncio.get_running_loop()
         readable = self._readable = loop.create_future()
@@ -469,7 +490,11 @@ class Listener:
             loop.remove_reader(fd)
         if self._stopping:
             return False
-        await _drain(conn)
+        self._pending_notify = False
+        pgconn = conn.pgconn
+        pgconn.consume_input()
+        while pgconn.notifies() is not None:
+            pass
         return True
 
     async def _read(self, catch_up: bool = False) -> None:
