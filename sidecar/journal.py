@@ -29,12 +29,19 @@ SELECT pg_catalog.pg_current_snapshot()::text,
 """
 
 # One statement, so the returned snapshot is the one the rows were read with.
+# The upper bound on txid changes no result (a row visible in the statement's
+# snapshot has a txid below its xmax) but gives the planner a bounded range:
+# psycopg prepares a statement run five times, and with a one-sided range on a
+# parameter PostgreSQL's generic plan guessed a third of the journal, so it
+# kept planning every read afresh (measured: 345-435 µs of backend CPU per
+# read of 20 rows, 170-210 µs with the bound).
 READ_SINCE_SQL = """
 SELECT s.snap, j.id, j.kind, j.op, j.organization_id, j.user_id, j.data::text,
        extract(epoch FROM j.recorded_at)::float8
   FROM (SELECT pg_catalog.pg_current_snapshot()::text AS snap) AS s
   LEFT JOIN "crm_realtime"."journal" AS j
     ON j.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
+   AND j.txid < pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())
    AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(since)s::pg_snapshot)
  ORDER BY j.id
 """
@@ -48,10 +55,12 @@ SELECT s.snap, s.total, j.id, j.kind, j.op, j.organization_id, j.user_id, j.data
   FROM (SELECT pg_catalog.pg_current_snapshot()::text AS snap,
                (SELECT count(*) FROM "crm_realtime"."journal" AS a
                  WHERE a.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
+                   AND a.txid < pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())
                    AND NOT pg_catalog.pg_visible_in_snapshot(a.txid, %(since)s::pg_snapshot))::int8
                AS total) AS s
   LEFT JOIN "crm_realtime"."journal" AS j
     ON j.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
+   AND j.txid < pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())
    AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(since)s::pg_snapshot)
    AND j.organization_id = ANY(%(orgs)s::text[])
  ORDER BY j.id
@@ -65,6 +74,7 @@ SELECT j.id, j.kind, j.op, j.organization_id, j.user_id, j.data::text,
        extract(epoch FROM j.recorded_at)::float8
   FROM "crm_realtime"."journal" AS j
  WHERE j.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
+   AND j.txid < pg_catalog.pg_snapshot_xmax(%(upto)s::pg_snapshot)
    AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(since)s::pg_snapshot)
    AND pg_catalog.pg_visible_in_snapshot(j.txid, %(upto)s::pg_snapshot)
    AND j.organization_id = ANY(%(orgs)s::text[])
