@@ -69,8 +69,8 @@ class MetricsHandler(_Base):
 
 class CursorHandler(_Base):
     """The live stream position, for ``auth.since`` (read it before fetching the list)."""
-    def get(self):
-        cursor = self.sidecar.realtime.cursor()
+    async def get(self):
+        cursor = await self.sidecar.realtime.fresh_cursor()
         if cursor is None:
             self.set_status(503)
             self.write({'error': 'the change stream is not available yet'})

@@ -49,6 +49,25 @@ Wake-ups without a NOTIFY per commit (see the notify block of sql/install.sql):
   of them has ended. New transactions are not watched: they notify. So no
   change waits for the idle timer; an idle CRM costs no reads; and replicas
   each hold the lock while idle, so each idle one is woken.
+* Reads carry only what somebody needs. The sidecar tells the listener which
+  organizations have a socket in their rooms or on hold for recovery
+  (``interest``); a read returns only their rows (plus how many rows the range
+  holds in all, the "CRM is busy" signal above), so the other rows never cross
+  the wire or become Python objects. The snapshot position advances all the
+  same, so nothing is skipped for a client that comes later: it recovers from
+  the journal. An organization that gains its first socket while a read that
+  left it out is in flight has the same range read for it before the batch is
+  dispatched (``journal.read_between``), so that socket misses nothing.
+* Dormant while nobody is interested: the lock is released (writers do not
+  notify), nothing is read, and only the liveness probe runs every
+  ``listener_check_seconds``. A NOTIFY (a recovery check on this replica) or
+  ``fresh()`` (a socket connecting, ``GET /cursor``) moves the position to the
+  current snapshot with one snapshot-only query, so a client connecting after
+  a quiet hour does not start an hour back. When the first socket joins or is
+  held (``wake()``), the listener takes the lock and reads at once (writers
+  that skipped their NOTIFY meanwhile are in that read or in its in-progress
+  list, which it watches as above), so the first change after a dormant period
+  never waits for the idle timer.
 * Every ``mapping_check_seconds`` it reads ``crm_realtime.mapping_status``:
   ``mapping_problems`` (one sentence each) is what /readyz shows and the log
   warns about when it changes; gauge ``crm_realtime_mapping_problems``.
@@ -59,7 +78,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Awaitable, Callable, Collection, Dict, List, Optional, Tuple
 
 import psycopg
 
@@ -101,6 +120,10 @@ def explain(exc: BaseException, database: str, role: str) -> Optional[str]:
         return (f'database role "{role}" cannot read the journal ({first}): as the DBA, run '
                 f'{grant} (sql/README.md, step 4)')
     return None
+
+def _change_id(change: Change) -> int:
+    return change.id
+
 
 def _swallow(task: asyncio.Future) -> None:
     if not task.cancelled():
@@ -145,10 +168,18 @@ class Listener:
         self.following = False     # True while the lock is released (reading anyway)
         self._advanced = asyncio.Event()
         self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
+        self._handled = None           # the connection _on_notify is registered with
+        self._pending_notify = False   # a notification came in during a query
         self._attempt = 0
         self._in_progress: Tuple[int, ...] = ()   # transactions running at the last read
         self._watch: frozenset = frozenset()       # of those, the ones that may not notify
-        self._found = 0                            # rows the last read returned
+        self._found = 0                            # rows the last read's range held
+        self._carried = 0                          # of those, rows somebody needed
+        #: the organizations (text ids) somebody needs; None: read every row, never doze
+        self.interest: Optional[Callable[[], Collection[str]]] = None
+        self.dormant = False       # True while nobody is interested (see the module doc)
+        self._refresh = False      # fresh() asked for the position to be moved
+        self.supplements = 0       # read_between reads (a join raced a read)
         self._mapping_at = 0.0
         self._mapping_unreadable = False
         self._mapping_gauge = None
@@ -176,6 +207,28 @@ class Listener:
         except asyncio.TimeoutError:
             return False
 
+    def wake(self) -> None:
+        """Somebody became interested or nobody is any more: look again now, not at the timer."""
+        if self._readable is not None:
+            _resolve(self._readable)
+
+    async def fresh(self, timeout: Optional[float] = None) -> None:
+        """While dormant, move the position to the current snapshot (one small query) and
+        return once it has moved (or after ``timeout``); otherwise return at once."""
+        if not (self.dormant and self.ready):
+            return
+        event = self._advanced          # the next read to complete
+        self._refresh = True
+        self.wake()
+        try:
+            await asyncio.wait_for(event.wait(), timeout or self._timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _idle(self) -> bool:
+        interest = self.interest
+        return interest is not None and not interest()
+
     async def run(self, on_changes: OnChanges) -> None:
         """Read the journal until ``stop()``, handing every batch to ``on_changes``."""
         self._on_changes = on_changes
@@ -191,6 +244,7 @@ class Listener:
                     break
                 self.ready = False
                 self.following = False
+                self.dormant = False
                 self.reconnects += 1
                 if self._metrics:
                     self._metrics.listener_reconnects.inc()
@@ -267,6 +321,12 @@ class Listener:
         delay, empty = self.follow_min_seconds, 0
         while not self._stopping:
             now = time.monotonic()
+            if self._idle():
+                await self._doze(conn)
+                if self._stopping:
+                    return
+                delay, empty = self.follow_max_seconds, 0
+                continue
             if self.following:
                 empty = 0 if self._found else empty + 1
                 if empty >= self.follow_empty_reads:
@@ -278,11 +338,15 @@ class Listener:
                         continue
                 # aim at a few changes per read: fewer reads when changes are
                 # sparse, never more than follow_max_seconds of added delay
-                if self._found >= self.follow_batch * 4:
+                # (counting the rows somebody needs: rows of organizations
+                # nobody listens to do not make reads more frequent)
+                if self._carried >= self.follow_batch * 4:
                     delay = max(delay / 2, self.follow_min_seconds)
-                elif self._found < self.follow_batch:
+                elif self._carried < self.follow_batch:
                     delay = min(delay * 2, self.follow_max_seconds)
-                await self._notified(conn, delay)
+                # the lock is released: no writer notifies us, so no socket to
+                # watch; a notification taken in by the next read is flagged
+                await asyncio.sleep(delay)
             else:
                 if self._watch:
                     timeout = min(delay, self._check)
@@ -305,6 +369,40 @@ class Listener:
                     delay, empty = self.follow_min_seconds, 0
             if now - self._mapping_at >= self.mapping_check_seconds:
                 await self._check_mapping(conn)
+
+    async def _doze(self, conn) -> None:
+        """Nobody is interested: no lock, no reads, until somebody is (see the module doc)."""
+        self.dormant = True
+        if not self.following:
+            await self._release(conn)       # writers stop notifying
+        self._watch = frozenset()
+        log.debug('listener: nobody connected; dormant')
+        try:
+            while not self._stopping:
+                if not self._idle():
+                    # Somebody joined: take the lock, then read once more. A writer
+                    # that skipped its NOTIFY meanwhile is in that read, or listed
+                    # in progress by it and watched from there.
+                    await self._take(conn)
+                    self.dormant = False
+                    await self._read()
+                    self._watch = frozenset(self._in_progress)
+                    return
+                if self._refresh:
+                    self._refresh = False
+                    await self._read()     # nobody interested: a snapshot, no rows
+                    continue
+                woke = await self._notified(conn, self._check)
+                if self._stopping:
+                    return
+                if woke:
+                    self._refresh = True   # a recovery check here waits for the position to move
+                else:
+                    await self._bounded(conn.execute('SELECT 1'))
+                if time.monotonic() - self._mapping_at >= self.mapping_check_seconds:
+                    await self._check_mapping(conn)
+        finally:
+            self.dormant = False
 
     async def _take(self, conn) -> bool:
         cur = await self._bounded(conn.execute('SELECT pg_catalog.pg_try_advisory_lock_shared(%s, %s)',
@@ -349,18 +447,35 @@ class Listener:
             self._mapping_gauge.set(len(problems))
 
 
+    def _on_notify(self, _notify) -> None:
+        """psycopg's notify handler: called for a notification taken in during any query."""
+        self._pending_notify = True
+        if self._readable is not None:
+            _resolve(self._readable)
+
     async def _notified(self, conn: psycopg.AsyncConnection, timeout: float) -> bool:
         """True when a notification (or anything else from the server) came within ``timeout``.
 
         Not ``conn.notifies(timeout=...)``: while it waits, psycopg wakes every
-        100 ms to poll its socket, ten times a second on an idle sidecar. Here
-        the notifications psycopg already holds (those that arrived during the
-        last read) are taken without waiting; otherwise the task sleeps until
-        the socket is readable, ``stop()`` is called, or ``timeout`` passes.
-        A closed or broken connection shows up as readable, and the drain
-        that follows raises, which the run loop handles.
+        100 ms to poll its socket, ten times a second on an idle sidecar; and
+        even with ``timeout=0`` each call costs tens of µs of locking and
+        generator set-up, twice per wake-up. Instead a notify handler
+        (``add_notify_handler``, registered here once per connection, after
+        taking what psycopg kept before it existed) flags the notifications
+        psycopg takes in during queries; otherwise the task sleeps until the
+        socket is readable, ``stop()`` or ``wake()`` is called, or ``timeout``
+        passes, and then consumes the input with libpq's ``consume_input`` and
+        ``notifies``. A closed or broken connection shows up as readable, and
+        ``consume_input`` raises, which the run loop handles.
         """
-        if await _drain(conn):
+        if self._handled is not conn:
+            got = await _drain(conn)
+            conn.add_notify_handler(self._on_notify)
+            self._handled = conn
+            if got:
+                return True
+        if self._pending_notify:
+            self._pending_notify = False
             return True
         loop = asyncio.get_running_loop()
         readable = self._readable = loop.create_future()
@@ -375,7 +490,11 @@ class Listener:
             loop.remove_reader(fd)
         if self._stopping:
             return False
-        await _drain(conn)
+        self._pending_notify = False
+        pgconn = conn.pgconn
+        pgconn.consume_input()
+        while pgconn.notifies() is not None:
+            pass
         return True
 
     async def _read(self, catch_up: bool = False) -> None:
@@ -383,13 +502,37 @@ class Listener:
         # A long catch-up may legitimately take longer than a probe; a live read
         # is bounded like a probe, so a backend that stops answering in the
         # middle of the follow-up reads is found as fast as an idle one.
-        after, changes = await self._bounded(journal.read_since(self._conn, before),
-                                             self._timeout * (6 if catch_up else 1))
+        timeout = self._timeout * (6 if catch_up else 1)
+        interest = self.interest
+        if interest is None:
+            after, changes = await self._bounded(journal.read_since(self._conn, before), timeout)
+            found = len(changes)
+        else:
+            orgs = frozenset(interest())
+            if orgs:
+                after, found, changes = await self._bounded(
+                    journal.read_since_for(self._conn, before, orgs), timeout)
+            else:
+                after = await self._bounded(journal.reader_snapshot(self._conn), timeout)
+                found, changes = 0, []
+            # Somebody started listening to (or recovering in) an organization
+            # this read left out: read the same range for it before dispatching,
+            # so the batch holds every row anybody in a room now needs.
+            missing = frozenset(interest()) - orgs
+            while missing:
+                extra = await self._bounded(
+                    journal.read_between(self._conn, before, after, missing), timeout)
+                self.supplements += 1
+                if extra:
+                    changes = sorted(changes + extra, key=_change_id)
+                orgs |= missing
+                missing = frozenset(interest()) - orgs
         if changes:
             await self._on_changes(before, after, changes)
         self.position = after
         self.reads += 1
-        self._found = len(changes)
+        self._found = found
+        self._carried = len(changes)
         self._in_progress = _in_progress(after)
         self._advanced.set()
         self._advanced = asyncio.Event()

@@ -72,6 +72,11 @@ class Realtime:
             self.sio, compression=settings.websocket_compression,
             max_body_bytes=settings.max_http_buffer_bytes, cors_origins=cors)
         self._expiry = Expiries(lambda sid: asyncio.ensure_future(self._expire(sid)))
+        # who needs the live stream: organization (text id) -> sockets in its rooms
+        # or on hold; the listener reads only these organizations' rows
+        self._org_of = {}
+        self._interested = {}
+        listener.interest = self._interested.keys
         self.sio.on('connect', self._on_connect)
         self.sio.on('disconnect', self._on_disconnect)
         self.sio.on(AUTH_REFRESH, self._on_refresh)
@@ -99,9 +104,32 @@ class Realtime:
             self.fanout.join(sid, rooms)
         else:
             self.recovery.hold(sid, ident, rooms, start)
+        self._interest(sid, str(ident.organization_id))
         self._schedule_expiry(sid, ident.expires_at)
         self.metrics.connected_clients.inc()
         log.debug('socket %s joined organization %s as user %s', tag(sid), ident.organization_id, ident.user_id)
+
+    def _interest(self, sid, org: str) -> None:
+        """``sid`` is in (or held for) organization ``org``'s rooms: the listener reads its rows."""
+        if self._org_of.get(sid) is not None:
+            return
+        self._org_of[sid] = org
+        was_empty = not self._interested
+        self._interested[org] = self._interested.get(org, 0) + 1
+        if was_empty:
+            self.listener.wake()
+
+    def _lose_interest(self, sid) -> None:
+        org = self._org_of.pop(sid, None)
+        if org is None:
+            return
+        left = self._interested[org] - 1
+        if left:
+            self._interested[org] = left
+        else:
+            del self._interested[org]
+            if not self._interested:
+                self.listener.wake()       # nobody left: it can go dormant now
 
     @staticmethod
     def _rooms(ident) -> List[str]:
@@ -140,6 +168,7 @@ class Realtime:
 
     async def _on_disconnect(self, sid, *reason):
         self.recovery.forget(sid)
+        self._lose_interest(sid)
         if self._expiry.pop(sid):
             self.metrics.connected_clients.dec()
 
@@ -148,6 +177,7 @@ class Realtime:
         # count this socket out a second time
         self.metrics.connected_clients.dec()
         self.recovery.forget(sid)
+        self._lose_interest(sid)
         log.info('socket %s disconnected: token expired', tag(sid))
         await self.sio.disconnect(sid)
 
@@ -181,6 +211,11 @@ class Realtime:
             finally:
                 self.recovery.batch_done()
         self.metrics.journal_lag.set(max(0.0, time.time() - changes[-1].recorded_at))
+
+    async def fresh_cursor(self) -> Optional[str]:
+        """``cursor()``, after a dormant listener (nobody connected) has moved to the current snapshot."""
+        await self.listener.fresh()
+        return self.cursor()
 
     def cursor(self) -> Optional[str]:
         """The live position (None while the journal cannot be read): a client that passes it as

@@ -78,6 +78,7 @@ ROUND_SQL = """
 SELECT j.id, j.txid::text, j.kind, j.op, j.organization_id, j.user_id, j.data
   FROM "crm_realtime"."journal" AS j
  WHERE j.txid >= %(xmin)s::text::xid8
+   AND j.txid < pg_catalog.pg_snapshot_xmax(%(to)s::pg_snapshot)
    AND pg_catalog.pg_visible_in_snapshot(j.txid, %(to)s::pg_snapshot)
    AND j.organization_id = ANY(%(orgs)s)
    AND (j.user_id IS NULL OR j.user_id = ANY(%(users)s))
@@ -237,6 +238,9 @@ class Recovery:
 
     async def start(self, sid, auth) -> Tuple[Optional[Position], str]:
         """(position to replay from or None, pid to announce) for a connecting socket."""
+        # nobody connected: the listener dozes; move its position to now first,
+        # so a fresh socket does not start where the last one left
+        await self._listener.fresh()
         pid = auth.get('pid')
         if pid is not None:
             # An offset that is present but not one of ours means "cannot tell
