@@ -381,6 +381,29 @@ def test_no_wakeup_is_sent_when_no_listener_waits(database):
         assert len(list(watcher.notifies(timeout=2, stop_after=1))) == 1
 
 
+def test_a_concurrent_probe_is_not_taken_for_a_waiting_listener(database):
+    """Another writer's probe holds the lock exclusively for an instant. A probe that
+    fails on it must not notify: no listener can be waiting while it is held, and
+    taking it for one made concurrent writers notify (and queue behind NOTIFY's
+    commit lock) exactly when the CRM is busiest. Measured before the fix: 16
+    writers waited on that lock ("Lock:object" in pg_stat_activity)."""
+    from sidecar.listener import LOCK_KEY
+    with database.connect() as watcher, database.connect() as prober, database.connect() as writer:
+        watcher.execute('LISTEN crm_realtime')
+        prober.execute('SELECT pg_advisory_lock(%s, %s)', LOCK_KEY)       # a probe, frozen mid-way
+        for op in ("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'x')",
+                   "UPDATE prospects SET status = 'contacted' WHERE firstname = 'x'",
+                   "INSERT INTO notifications (organization_id, type) VALUES (1, 't')"):
+            writer.execute(op)
+        assert list(watcher.notifies(timeout=0.5, stop_after=1)) == []
+        prober.execute('SELECT pg_advisory_unlock(%s, %s)', LOCK_KEY)
+        # and the lock is free again for a listener: a waiting one is still woken
+        watcher.execute('SELECT pg_advisory_lock_shared(%s, %s)', LOCK_KEY)
+        writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'y')")
+        assert len(list(watcher.notifies(timeout=2, stop_after=1))) == 1
+    assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(4,)]
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_change_written_above_the_notify_threshold_still_arrives(database, make_sidecar, clients):
     sc = await make_sidecar(database)
