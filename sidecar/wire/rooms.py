@@ -16,7 +16,7 @@ they did and the index follows them.
 Private names relied on (versions in the package docstring): ``BaseManager.
 rooms`` (namespace -> room -> bidict sid -> eio_sid), and what
 ``basic_disconnect`` does besides leaving rooms (drop ``callbacks[sid]`` and
-the sid from ``pending_connect``/``pending_disconnect``), which the override
+the sid from ``pending_connect``, where it exists, and ``pending_disconnect``), which the override
 does as well; ``tests/wire/test_contract.py`` runs both on the same state and
 compares.
 """
@@ -77,10 +77,12 @@ class IndexedRoomsManager(socketio.AsyncManager):
             if participants is not None and sid in participants:
                 self.basic_leave_room(sid, namespace, room)
         self._forget(sid, namespace)
-        # the rest of socketio's basic_disconnect
+        # the rest of socketio's basic_disconnect (pending_connect is 5.17's; 5.16 has only
+        # pending_disconnect)
         self.callbacks.pop(sid, None)
-        for pending in (self.pending_connect, self.pending_disconnect):
-            if namespace in pending and sid in pending[namespace]:
+        for name in ('pending_connect', 'pending_disconnect'):
+            pending = getattr(self, name, None)
+            if pending is not None and namespace in pending and sid in pending[namespace]:
                 pending[namespace].remove(sid)
                 if not pending[namespace]:
                     del pending[namespace]
