@@ -302,7 +302,8 @@ def test_tornado_accept_awaits_the_frame_loop_last_and_the_loop_reports_the_clos
              'tornado WebSocketProtocol13._receive_frame', f'uses {piece} as frames.py does')
     handle = _src(WebSocketProtocol13._handle_message)
     need('self.handler.on_message' in handle and 'self.close(self.close_code)' in handle
-         and '_send_pong(data)' in handle, 'tornado WebSocketProtocol13._handle_message',
+         and ('_send_pong(data)' in handle or 'self._write_frame(True, 0xA, data)' in handle),
+         'tornado WebSocketProtocol13._handle_message',
          'dispatches messages, echoes a close and answers a ping')
     need(inspect.signature(tornado.iostream.BaseIOStream.read_bytes).parameters.get('partial') is not None,
          'tornado IOStream.read_bytes', 'takes partial=')
