@@ -299,6 +299,8 @@ class Listener:
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
             connect_timeout=max(2, int(self._timeout))), timeout=self._timeout + 2)
         conn = self._conn
+        conn.add_notify_handler(self._on_notify)     # before LISTEN: nothing goes to psycopg's backlog
+        self._handled = conn
         await self._bounded(conn.execute(f'LISTEN "{CHANNEL}"'))
         # waiting for wake-ups from here on (the catch-up read in _serve comes after)
         self.following = True
