@@ -105,6 +105,8 @@ class Jobs:
     def add_job(self, func, *args, **kwargs):
         @functools.wraps(func)
         async def tracked(*a, **kw):
+            if self._stopping:      # submitted just before stop(): nothing to do
+                return None
             task = asyncio.current_task()
             self._running.add(task)
             try:
@@ -119,13 +121,23 @@ class Jobs:
 
     async def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        running_scheduler = self.scheduler.running
+        if running_scheduler:
+            # No new runs; then let a run the scheduler already submitted take its first
+            # step (it sees _stopping and returns): the scheduler's shutdown cancels a run
+            # that has not started, and APScheduler logs that as a failed job, traceback
+            # and all.
+            self.scheduler.pause()
+            for _ in range(3):
+                await asyncio.sleep(0)
         running = [t for t in self._running if not t.done()]
         for task in running:
             task.cancel()
         if running:
             await asyncio.wait(running, timeout=timeout)
+        if running_scheduler:
+            self.scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)      # AsyncIOScheduler shuts down on the loop's next step
 
 
 class Sidecar:
