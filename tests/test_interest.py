@@ -199,3 +199,11 @@ async def test_a_socket_that_leaves_during_its_own_connect_leaves_nothing_behind
     assert (dict(sc.realtime._interested), dict(sc.realtime._org_of), metric) == ({}, {}, 0)
     assert not any(sc.realtime.sio.manager.rooms.get('/', {}).values())
     await _until(lambda: sc.listener.dormant)
+
+
+@pytest.mark.parametrize('orgs', [['1'], ['7', '1', '42'], ['a"b', 'c\\d', 'e,f', '{g}', ' h ', 'NULL', 'é']])
+def test_the_organization_list_reaches_postgresql_as_it_is(database, orgs):
+    """The reads pass organizations as a prebuilt text[] literal: quoting must be exact."""
+    literal = journal._text_array(frozenset(orgs))
+    got = database.execute('SELECT %s::text[]', (literal,))[0][0]
+    assert sorted(got) == sorted(orgs)
