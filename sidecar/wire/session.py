@@ -59,7 +59,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
 from .queues import unsent_packets
-from .websocket import send_frame, shed_handshake, text_frame, writable_stream
+from .websocket import send_ready_frame, shed_handshake, text_frame, writable_stream
 
 log = logging.getLogger('crm_realtime.wire')
 
@@ -116,7 +116,10 @@ class PingWheel:
         return math.ceil((self._running_loop().time() + delay) / self.step)
 
     def ping_in(self, sock: 'WireSocket', delay: float) -> None:
-        key = math.ceil((self._running_loop().time() + delay) / self.step)
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._running_loop()
+        key = math.ceil((loop.time() + delay) / self.step)
         sock._ping_key = key
         bucket = self._pings.get(key)
         if bucket is None:
@@ -194,22 +197,9 @@ class WireSocket(AsyncSocket):
         if self.closing or self.closed:
             return False
         self.last_ping = time.time() if now is None else now
-        if not self._send_ready_frame(PING_FRAME):
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
-        return True
-
-    def _send_ready_frame(self, frame: bytes) -> bool:
-        """Write a pre-built frame now, when nothing this session queued is still unwritten."""
         handler = self._ws
-        if handler is None or unsent_packets(self.queue) != 0:
-            return False
-        stream = writable_stream(handler)
-        if stream is None:
-            return False
-        try:
-            send_frame(stream, frame)
-        except (StreamClosedError, WebSocketClosedError):
-            return False
+        if handler is None or unsent_packets(self.queue) != 0 or not send_ready_frame(handler, PING_FRAME):
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
         return True
 
     def _check_ping_timeout(self) -> None:
