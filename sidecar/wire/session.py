@@ -24,7 +24,9 @@ per idle socket. ``WireSocket`` is the same session, event-driven:
   wheel step) after its last PONG, as before. The PING is one frame built
   once, handed to the kernel with one ``send`` when nothing the session queued
   is unwritten (the fan-out's rule, so order holds), else queued as before; a
-  PONG is recognised as the string ``"3"`` without building a Packet.
+  PONG is recognised as the string ``"3"`` without building a Packet (and, by
+  the frame reader, as its 7 bytes, see frames.py). The due pings of a wheel
+  step go out in one pass and their timeout checks are filed in one bucket.
 * Once the websocket is open the request task ends, releasing the handshake,
   and the request's headers go (websocket.py).
 
