@@ -33,8 +33,8 @@ Wake-ups without a NOTIFY per commit (see the notify block of sql/install.sql):
   A notifying commit takes a cluster-wide lock through its WAL flush, so
   notifying transactions commit one at a time; skipping NOTIFY while we are
   reading anyway keeps the CRM's group commit.
-* When a read after a wake-up finds changes while other transactions are in
-  progress, the CRM is busy writing: the listener starts *following*. It
+* When a read after a wake-up finds changes while transactions that began
+  since the previous read are in progress, the CRM is busy writing: the listener starts *following*. It
   releases the lock (writers stop notifying it) and reads again after a delay
   between ``follow_min_seconds`` and ``follow_max_seconds``: doubled while reads
   find fewer than ``follow_batch`` changes, halved when they find four times
@@ -94,6 +94,11 @@ LOCK_KEY = (1668443506, 1)
 
 MAPPING_SQL = ('SELECT "detail" FROM "crm_realtime"."mapping_status" '
                'WHERE "state" <> \'ok\' ORDER BY 1')
+
+
+def _xmax(snapshot: str) -> int:
+    """The xmax of a pg_snapshot text: every transaction id at or above it began after it."""
+    return int(snapshot.split(':', 2)[1])
 
 
 def _in_progress(snapshot: str) -> Tuple[int, ...]:
@@ -172,6 +177,7 @@ class Listener:
         self._pending_notify = False   # a notification came in during a query
         self._attempt = 0
         self._in_progress: Tuple[int, ...] = ()   # transactions running at the last read
+        self._started_since = False                # of those, some began after the read before
         self._watch: frozenset = frozenset()       # of those, the ones that may not notify
         self._found = 0                            # rows the last read's range held
         self._carried = 0                          # of those, rows somebody needed
@@ -365,8 +371,13 @@ class Listener:
             await self._read()
             if not self.following:
                 self._watch = self._watch.intersection(self._in_progress)
-                if self._found and self._in_progress:
-                    # busy: follow instead of being woken by every commit
+                if self._found and self._started_since:
+                    # busy: follow instead of being woken by every commit. Only
+                    # transactions that began since the previous read count: one
+                    # left open for minutes anywhere in the cluster (a report, an
+                    # idle-in-transaction session) says nothing about the CRM's
+                    # writes, and taking it for them added up to follow_max_seconds
+                    # to every delivery for as long as it stayed open
                     await self._release(conn)
                     delay, empty = self.follow_min_seconds, 0
             if now - self._mapping_at >= self.mapping_check_seconds:
@@ -536,6 +547,9 @@ class Listener:
         self._found = found
         self._carried = len(changes)
         self._in_progress = _in_progress(after)
+        # running now and not yet begun at the previous read's snapshot
+        since_xmax = _xmax(before) if before else 0
+        self._started_since = any(x >= since_xmax for x in self._in_progress)
         self._advanced.set()
         self._advanced = asyncio.Event()
 

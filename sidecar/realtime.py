@@ -95,6 +95,13 @@ class Realtime:
 
         trim_environ(environ)
         start, pid = await self.recovery.start(sid, auth)
+        if not self.sio.transport_open(sid, NAMESPACE):
+            # Gone while recovery.start awaited. python-socketio calls no disconnect handler
+            # for a socket still connecting, so nothing may be set up for it: refusing makes
+            # the library drop the sid's rooms (they would stay forever otherwise).
+            self.recovery.forget(sid)
+            log.debug('socket %s left while connecting', tag(sid))
+            return False
         await self.sio.save_session(sid, {'organization_id': ident.organization_id,
                                           'user_id': ident.user_id, 'exp': ident.expires_at})
         self.sio.announce_pid(sid, NAMESPACE, pid)

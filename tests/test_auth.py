@@ -90,7 +90,7 @@ async def test_bearer_header_for_non_browser_clients(database, make_sidecar, cli
 @pytest.mark.gen_test(timeout=60)
 async def test_expired_token_disconnects_the_socket(database, make_sidecar, clients):
     sc = await make_sidecar(database)
-    c = await clients(sc.url, make_token(1, 11, exp_in=1.5))
+    c = await clients(sc.url, make_token(1, 11, exp_in=3))
     assert c.client.connected
     await c.wait_for(lambda r: r.disconnect_reasons, timeout=10)
     assert c.disconnect_reasons == ['server disconnect']

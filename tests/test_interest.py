@@ -46,13 +46,16 @@ async def test_a_socket_joining_while_a_read_that_left_its_org_out_is_in_flight_
     async def slow_read(conn, since, orgs):
         result = await original(conn, since, orgs)     # the snapshot is taken here
         seen_orgs.append(set(orgs))
-        if armed:
+        if armed and result[1]:          # a read whose range holds the rows written below
             in_flight.set()
             await release.wait()
         return result
 
     monkeypatch.setattr(journal, 'read_since_for', slow_read)
     await _until(lambda: not sc.listener.dormant)
+    # a read begun before the patch (a's connect wakes the listener) runs the original
+    # function: let it end, or it may be the one that takes in the rows below, unpaused
+    await asyncio.sleep(0.5)
     armed = True
     database.insert_prospect(2, firstname='org2-in-the-read')    # nobody in org 2 yet
     database.insert_prospect(1, firstname='org1-in-the-read')
@@ -161,3 +164,49 @@ async def test_nobody_connected_no_reads_no_wakeups_and_the_first_socket_gets_th
         await _until(lambda: sc.listener.dormant)
     finally:
         await watcher.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_socket_that_leaves_during_its_own_connect_leaves_nothing_behind(
+        database, make_sidecar, monkeypatch):
+    """The transport closes while the connect handler awaits recovery: nothing may stay behind
+    (rooms, the listener's interest, the connected count). On python-socketio 5.18 the sid
+    stayed in the manager's rooms for good: the library skips the disconnect handler of a
+    socket still connecting, and the handler then failed on the gone session, so any client
+    could grow the server's memory by closing each connection right after CONNECT."""
+    from tornado.websocket import websocket_connect
+    import json
+    sc = await make_sidecar(database, SIDECAR_LISTENER_CHECK_SECONDS='30')
+    await _until(lambda: sc.listener.dormant)
+    entered, release = asyncio.Event(), asyncio.Event()
+    original = sc.realtime.recovery.start
+
+    async def held_start(sid, auth):
+        entered.set()
+        await release.wait()
+        return await original(sid, auth)
+
+    monkeypatch.setattr(sc.realtime.recovery, 'start', held_start)
+    ws = await websocket_connect(sc.url.replace('http://', 'ws://') +
+                                 '/socket.io/?EIO=4&transport=websocket')
+    opened = await ws.read_message()
+    assert opened.startswith('0{')
+    ws.write_message('40' + json.dumps({'token': make_token(1, 11)}))
+    await asyncio.wait_for(entered.wait(), 5)
+    ws.close()
+    await asyncio.sleep(0.5)          # the server sees the close while the handler waits
+    release.set()
+    await asyncio.sleep(0.5)
+
+    metric = sc.metrics.connected_clients._value.get()
+    assert (dict(sc.realtime._interested), dict(sc.realtime._org_of), metric) == ({}, {}, 0)
+    assert not any(sc.realtime.sio.manager.rooms.get('/', {}).values())
+    await _until(lambda: sc.listener.dormant)
+
+
+@pytest.mark.parametrize('orgs', [['1'], ['7', '1', '42'], ['a"b', 'c\\d', 'e,f', '{g}', ' h ', 'NULL', 'é']])
+def test_the_organization_list_reaches_postgresql_as_it_is(database, orgs):
+    """The reads pass organizations as a prebuilt text[] literal: quoting must be exact."""
+    literal = journal._text_array(frozenset(orgs))
+    got = database.execute('SELECT %s::text[]', (literal,))[0][0]
+    assert sorted(got) == sorted(orgs)

@@ -245,6 +245,13 @@ class SocketServer(socketio.AsyncServer):
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         self._connect_pids[(eio_sid, namespace or '/')] = pid
 
+    def transport_open(self, sid: str, namespace: str) -> bool:
+        """Whether ``sid``'s engine.io session is still open (its transport may have closed
+        while a connect handler awaited: python-socketio then skips the disconnect handler)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        sock = self.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        return sock is not None and not sock.closed and not sock.closing
+
     async def _send_packet(self, eio_sid, pkt):
         # The only packet altered is the CONNECT answer, and only by adding "pid".
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
