@@ -55,6 +55,18 @@ tornado
   ``params.max_message_size``, ``WebSocketHandler.on_ws_connection_close``,
   ``tornado.util._websocket_mask``; ``IOStream.read_bytes(partial=True)``,
   ``IOStream.read_chunk_size`` (lowered to 4 KiB on an open websocket).
+  Direct reading (frames.py ``WireIOStream``, the class of an open plain
+  stream once tornado's read buffer is empty): ``IOStream._handle_read``
+  (overridden; ``_handle_events`` calls it on READ and re-registers from
+  ``reading()``/``writing()`` into ``_state``), ``reading()`` (overridden: true
+  while the protocol reads, so READ stays registered), ``_read_buffer_size``,
+  ``_read_future``, ``_add_io_state``, ``_is_connreset``, ``socket``, no
+  ``__slots__`` on ``IOStream`` (class swap); ``set_close_callback`` (public)
+  tells the protocol of the close; ``WebSocketProtocol13._message_bytes_in``
+  (a lone PONG frame is counted and handed to ``on_message`` without
+  ``_handle_message``). Pings (session.py ``_ping``, websocket.py
+  ``send_ready_frame``): ``client_terminated``/``server_terminated`` (what
+  ``is_closing`` reads).
   An open websocket sheds (websocket.py ``shed_handshake``): the request's
   ``headers``/``arguments``/``query_arguments``/``body_arguments``/``files``/
   ``connection``/``server_connection``, the handler's ``ui``/``_transforms``/

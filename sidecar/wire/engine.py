@@ -105,17 +105,21 @@ class EngineIOServer(engineio.AsyncServer):
         self._sessions = value if isinstance(value, Sessions) else Sessions(value)
 
     async def _service_task(self):
-        """engine.io's monitor, one sweep every few seconds instead of one wake-up per socket.
+        """engine.io's monitor, one sweep every ``ping_timeout`` (at most 30 s) instead of a wake-up per socket.
 
         engine.io's own sleeps ``ping_timeout / len(sockets)`` between two
         sockets (a ``wait_for`` every 2 ms with 10,000 sockets). The pings and
-        their timeouts are the wheel's; this drops closed sessions and checks
-        the timeout of any session the wheel does not hold (none, normally).
+        their timeouts are the wheel's, and a websocket session leaves
+        ``sockets`` when it ends; this only drops sessions that closed without
+        leaving (a polling client that went away) and checks the timeout of
+        any session the wheel does not hold (none, normally). A sweep touches
+        every session (about 1 ms per 1,000), so it is rare: with 10,000 idle
+        sockets, a sweep every 5 s was a third of the idle CPU left.
         """
         import asyncio
         import time
         self.service_task_event = event = self.create_event()
-        every = max(0.5, min(5.0, self.ping_timeout / 4))
+        every = max(0.5, min(30.0, self.ping_timeout))
         while not event.is_set():
             try:
                 await asyncio.wait_for(event.wait(), timeout=every)
@@ -125,11 +129,18 @@ class EngineIOServer(engineio.AsyncServer):
             except asyncio.CancelledError:
                 break
             now = time.time()
-            for sid, sock in list(self.sockets.items()):
+            timeout = self.ping_timeout
+            stale = []
+            for sock in self.sockets.values():
                 if sock.closed:
-                    if self.sockets.get(sid) is sock:
-                        del self.sockets[sid]
-                elif not sock.closing and sock.last_ping and now - sock.last_ping > self.ping_timeout:
+                    stale.append(sock)
+                elif sock.last_ping and not sock.closing and now - sock.last_ping > timeout:
+                    stale.append(sock)
+            for sock in stale:
+                if sock.closed:
+                    if self.sockets.get(sock.sid) is sock:
+                        del self.sockets[sock.sid]
+                else:
                     sock._check_ping_timeout()
 
     async def close_all(self, timeout: float = 2.0) -> None:

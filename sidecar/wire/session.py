@@ -24,7 +24,9 @@ per idle socket. ``WireSocket`` is the same session, event-driven:
   wheel step) after its last PONG, as before. The PING is one frame built
   once, handed to the kernel with one ``send`` when nothing the session queued
   is unwritten (the fan-out's rule, so order holds), else queued as before; a
-  PONG is recognised as the string ``"3"`` without building a Packet.
+  PONG is recognised as the string ``"3"`` without building a Packet (and, by
+  the frame reader, as its 7 bytes, see frames.py). The due pings of a wheel
+  step go out in one pass and their timeout checks are filed in one bucket.
 * Once the websocket is open the request task ends, releasing the handshake,
   and the request's headers go (websocket.py).
 
@@ -59,7 +61,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
 from .queues import unsent_packets
-from .websocket import send_frame, shed_handshake, text_frame, writable_stream
+from .websocket import send_ready_frame, shed_handshake, text_frame, writable_stream
 
 log = logging.getLogger('crm_realtime.wire')
 
@@ -88,7 +90,11 @@ class PingWheel:
     """Every socket's next PING and ping-timeout check, on one loop timer.
 
     Buckets of ``WHEEL_STEP`` seconds; one ``call_at`` is armed for the
-    earliest bucket. Nothing per socket but its place in a list.
+    earliest bucket. Nothing per socket but its place in a list. The pings
+    of a bucket go out together, and their timeout checks all land in one
+    bucket. The loop is looked up once (in CPython 3.11 each
+    ``get_running_loop()`` is a ``getpid`` system call) and again only when
+    the wheel is used from another loop.
     """
 
     def __init__(self, step: float = WHEEL_STEP):
@@ -97,18 +103,32 @@ class PingWheel:
         self._checks: Dict[int, List['WireSocket']] = {}
         self._timer: Optional[asyncio.TimerHandle] = None
         self._armed: Optional[int] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     def __len__(self) -> int:
         return sum(map(len, self._pings.values())) + sum(map(len, self._checks.values()))
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _key(self, delay: float) -> int:
-        return math.ceil((asyncio.get_running_loop().time() + delay) / self.step)
+        return math.ceil((self._running_loop().time() + delay) / self.step)
 
     def ping_in(self, sock: 'WireSocket', delay: float) -> None:
-        key = self._key(delay)
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._running_loop()
+        key = math.ceil((loop.time() + delay) / self.step)
         sock._ping_key = key
-        self._pings.setdefault(key, []).append(sock)
-        self._arm(key)
+        bucket = self._pings.get(key)
+        if bucket is None:
+            self._pings[key] = [sock]
+            self._arm(key)
+        else:
+            bucket.append(sock)
 
     def check_in(self, sock: 'WireSocket', delay: float) -> None:
         key = self._key(delay)
@@ -121,11 +141,11 @@ class PingWheel:
         if self._timer is not None:
             self._timer.cancel()
         self._armed = key
-        self._timer = asyncio.get_running_loop().call_at(key * self.step, self._tick)
+        self._timer = self._running_loop().call_at(key * self.step, self._tick)
 
     def _tick(self) -> None:
         self._timer = self._armed = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         now_key = math.floor(loop.time() / self.step + 1e-9)
         try:
             for key in sorted(k for k in self._checks if k <= now_key):
@@ -134,13 +154,26 @@ class PingWheel:
                         sock._check_ping_timeout()
                     except Exception:  # noqa: BLE001 - one socket's failure must not stop every other's
                         log.exception('ping wheel: a ping-timeout check failed')
-            for key in sorted(k for k in self._pings if k <= now_key):
-                for sock in self._pings.pop(key):
-                    if sock._ping_key == key:
-                        try:
-                            sock._ping()
-                        except Exception:  # noqa: BLE001 - as above
-                            log.exception('ping wheel: a ping failed')
+            due = sorted(k for k in self._pings if k <= now_key)
+            if due:
+                now = time.time()
+                pinged = []
+                for key in due:
+                    for sock in self._pings.pop(key):
+                        if sock._ping_key == key:
+                            try:
+                                if sock._ping(now):
+                                    pinged.append(sock)
+                            except Exception:  # noqa: BLE001 - as above
+                                log.exception('ping wheel: a ping failed')
+                if pinged:
+                    server = pinged[0].server
+                    key = self._key(server.ping_timeout + self.step)
+                    bucket = self._checks.get(key)
+                    if bucket is None:
+                        self._checks[key] = pinged
+                    else:
+                        bucket.extend(pinged)
         finally:
             pending = [k for d in (self._pings, self._checks) for k in d]
             if pending:
@@ -161,26 +194,14 @@ class WireSocket(AsyncSocket):
         self.last_ping = None
         self.server.pings.ping_in(self, self.server.ping_interval)
 
-    def _ping(self) -> None:
+    def _ping(self, now: Optional[float] = None) -> bool:
+        """Send this session's PING; True when its timeout check is due (the wheel files it)."""
         if self.closing or self.closed:
-            return
-        self.last_ping = time.time()
-        if not self._send_ready_frame(PING_FRAME):
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
-        self.server.pings.check_in(self, self.server.ping_timeout + self.server.pings.step)
-
-    def _send_ready_frame(self, frame: bytes) -> bool:
-        """Write a pre-built frame now, when nothing this session queued is still unwritten."""
+            return False
+        self.last_ping = time.time() if now is None else now
         handler = self._ws
-        if handler is None or unsent_packets(self.queue) != 0:
-            return False
-        stream = writable_stream(handler)
-        if stream is None:
-            return False
-        try:
-            send_frame(stream, frame)
-        except (StreamClosedError, WebSocketClosedError):
-            return False
+        if handler is None or unsent_packets(self.queue) != 0 or not send_ready_frame(handler, PING_FRAME):
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
         return True
 
     def _check_ping_timeout(self) -> None:

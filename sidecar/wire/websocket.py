@@ -51,7 +51,8 @@ import tornado.web
 import tornado.websocket
 
 from tornado.httputil import HTTPHeaders
-from tornado.iostream import SSLIOStream
+from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.websocket import WebSocketClosedError
 
 from .frames import wire_protocol
 from .queues import Inbox, lighten_stream
@@ -318,6 +319,35 @@ def send_frame(stream, frame: bytes) -> None:
     sent = _send_some(stream.socket, frame)
     if sent < len(frame):       # kernel buffer full: tornado keeps the rest
         stream.write(frame[sent:] if sent else frame)
+
+
+def send_ready_frame(handler, frame: bytes) -> bool:
+    """``send_frame`` to the handler's websocket when a raw frame can go now; False when it cannot.
+
+    What ``writable_stream`` and ``send_frame`` do, in one call (the PING of
+    every idle socket goes this way): False, nothing written, when the
+    websocket is closing, compressed or its stream closed or on SSL; the
+    frame goes to the kernel with one ``send`` when tornado holds no unsent
+    bytes, else (or for what the kernel does not take) through ``IOStream.write``.
+    """
+    conn = handler.ws_connection
+    if conn is None or conn.client_terminated or conn.server_terminated \
+            or getattr(conn, '_compressor', None) is not None:
+        return False
+    stream = conn.stream
+    if stream.closed():
+        return False
+    try:
+        pending = stream._write_buffer
+        if pending is None or len(pending) or stream._connecting or isinstance(stream, SSLIOStream):
+            stream.write(frame)
+            return True
+        sent = _send_some(stream.socket, frame)
+        if sent < len(frame):
+            stream.write(frame[sent:] if sent else frame)
+    except (StreamClosedError, WebSocketClosedError):
+        return False
+    return True
 
 
 def writable_stream(handler) -> Optional[object]:

@@ -366,3 +366,83 @@ def test_tornado_handshake_attributes_are_not_read_once_open():
     detach = _src(WebSocketHandler._detach_stream)
     need('"write"' in detach and '"finish"' in detach, 'tornado WebSocketHandler._detach_stream',
          'disables write/finish on the handler (they stay instance attributes)')
+
+
+# ------------------------------------------------------------------ frames.py: WireIOStream
+
+def test_tornado_iostream_handle_events_reads_through_handle_read_and_keeps_read_while_reading():
+    src = _src(tornado.iostream.BaseIOStream._handle_events)
+    need('self._handle_read()' in src, 'tornado IOStream._handle_events', 'calls _handle_read() on READ')
+    need('if self.reading():' in src and 'if self.writing():' in src
+         and 'self.io_loop.update_handler(self.fileno(), self._state)' in src,
+         'tornado IOStream._handle_events', 're-registers from reading()/writing() into _state')
+    need('def reading' in _src(tornado.iostream.BaseIOStream)
+         and 'self._read_future is not None' in _src(tornado.iostream.BaseIOStream.reading),
+         'tornado IOStream.reading', 'is true while a read Future is pending (_read_future)')
+    need('self._state is None' in _src(tornado.iostream.BaseIOStream._add_io_state)
+         and 'add_handler' in _src(tornado.iostream.BaseIOStream._add_io_state),
+         'tornado IOStream._add_io_state', 'registers the fd for the given events')
+    need('self._is_connreset(e)' in _src(tornado.iostream.BaseIOStream._read_to_buffer),
+         'tornado IOStream._is_connreset', 'is how a read tells a reset from an error')
+    need('self.socket.recv_into(' in _src(tornado.iostream.IOStream.read_from_fd),
+         'tornado IOStream.socket', 'is the socket it reads with recv_into()')
+    need('self._read_buffer_size' in _src(tornado.iostream.BaseIOStream._find_read_pos),
+         'tornado IOStream._read_buffer_size', 'counts the buffered unread bytes')
+    need('__slots__' not in vars(tornado.iostream.BaseIOStream)
+         and '__slots__' not in vars(tornado.iostream.IOStream),
+         'tornado IOStream', 'has no __slots__ (its class can be swapped for WireIOStream)')
+
+
+def test_tornado_websocket_protocol_counters_and_termination_flags():
+    from tornado.websocket import WebSocketProtocol13
+    handle = _src(WebSocketProtocol13._handle_message)
+    need('self._message_bytes_in += len(data)' in handle, 'tornado WebSocketProtocol13._message_bytes_in',
+         'counts the bytes of the messages handled')
+    need('self.handler.on_message, decoded' in handle.replace('\n', ' ').replace('  ', ' ')
+         or 'self._run_callback(self.handler.on_message, decoded)' in handle,
+         'tornado WebSocketProtocol13._handle_message', 'hands a text message to on_message decoded')
+    closing = _src(WebSocketProtocol13.is_closing)
+    need('self.client_terminated' in closing and 'self.server_terminated' in closing
+         and 'self.stream.closed()' in closing, 'tornado WebSocketProtocol13.is_closing',
+         'is stream.closed() or client_terminated or server_terminated')
+
+
+@pytest.mark.gen_test
+async def test_tornado_iostream_read_directly_keeps_read_registered_and_reports_the_close():
+    from tornado.ioloop import IOLoop
+    from sidecar.wire.frames import WireIOStream
+
+    class Reader:
+        def __init__(self):
+            self.got = bytearray()
+
+        def _wire_received(self, data):
+            self.got += data
+            return True
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    stream = tornado.iostream.IOStream(a)
+    closed = asyncio.Event()
+    try:
+        stream.__class__ = WireIOStream
+        reader = stream._wire_protocol = Reader()
+        stream.set_close_callback(closed.set)
+        stream._add_io_state(IOLoop.READ)
+        for chunk in (b'x' * 7, b'y' * 5000, b'z'):
+            b.sendall(chunk)
+            await asyncio.sleep(0.02)
+        need(bytes(reader.got) == b'x' * 7 + b'y' * 5000 + b'z', 'tornado IOStream._handle_read',
+             'is called on every READ event (WireIOStream read every byte, in order)')
+        need(stream._state & IOLoop.READ and stream._read_future is None,
+             'tornado IOStream._state', 'keeps READ while reading() is true, with no read Future')
+        written = stream.write(b'hello')
+        await written
+        need(b.recv(16) == b'hello', 'tornado IOStream.write', 'still writes on a WireIOStream')
+        b.close()
+        await asyncio.wait_for(closed.wait(), 5)
+        need(stream.closed(), 'tornado IOStream.set_close_callback',
+             'is called once a directly-read stream closes at EOF')
+    finally:
+        stream.close()
+        b.close()

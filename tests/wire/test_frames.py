@@ -204,3 +204,36 @@ async def test_a_client_close_is_echoed_and_the_session_ends(make_sidecar, datab
         assert not eio.websockets and not eio.sockets
     finally:
         ws.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_open_websocket_is_read_directly_and_a_lone_pong_rearms_its_ping(make_sidecar, database):
+    import time
+    from sidecar.wire.frames import WireIOStream
+    sc = await make_sidecar(database)
+    ws = await RawWS.open(sc.url)
+    try:
+        assert (await ws.recv_text()).startswith('0{')
+        await ws.send_raw(frame(connect_packet(make_token())))
+        assert (await ws.recv_text()).startswith('40{')
+        eio = sc.realtime.sio.eio
+        (sock,) = [s for s in eio.sockets.values() if s._ws is not None]
+        stream = sock._ws.ws_connection.stream
+        assert type(stream) is WireIOStream and stream._wire_protocol is sock._ws.ws_connection
+        # as if a PING were unanswered: the lone PONG frame (7 bytes, its own write) re-arms it
+        sock.last_ping = time.time()
+        sock._ping_key = None       # (schedule_ping files it again)
+        await ws.send_raw(frame(b'3'))
+        for _ in range(100):
+            if sock.last_ping is None:
+                break
+            await asyncio.sleep(0.01)
+        assert sock.last_ping is None and sock._ping_key is not None
+        # and frames after it still go through the frame parser (a websocket ping is answered)
+        await ws.send_raw(frame(b'3') + frame(b'after', opcode=0x9))
+        got = await ws.recv()
+        while got is not None and got[0] == 0x1:
+            got = await ws.recv()
+        assert got == (0xA, b'after'), got
+    finally:
+        ws.close()
