@@ -267,6 +267,9 @@ class WireSocket(AsyncSocket):
                 pkt = inbox.pop(0)
                 try:
                     await self.receive(pkt)
+                    if self.closed:         # the client's CLOSE: engine.io ended the session
+                        self._close_transport()
+                        return
                 except eio_exceptions.UnknownPacketError:
                     pass
                 except eio_exceptions.SocketIsClosedError:

@@ -177,3 +177,22 @@ async def test_an_idle_websocket_holds_under_12_kb_of_python_objects(make_sideca
     grown = sum(d.size_diff for d in after.filter_traces(ignore).compare_to(
         before.filter_traces(ignore), 'filename'))
     assert grown / n < 12 * 1024, f'{grown / n:.0f} bytes of Python objects per idle websocket'
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_close_packet_from_the_client_closes_its_websocket(database, make_sidecar):
+    """engine.io's CLOSE ("1") from the client ends the session and its websocket at once
+    (it left the websocket open until the client itself hung up)."""
+    from tornado.websocket import websocket_connect
+    sc = await make_sidecar(database)
+    ws = await websocket_connect(sc.url.replace('http://', 'ws://') + '/socket.io/?EIO=4&transport=websocket')
+    assert (await ws.read_message()).startswith('0{')
+    ws.write_message('40' + json.dumps({'token': make_token(1, 11)}))
+    assert (await ws.read_message()).startswith('40{')
+    before = sc.metrics.connected_clients._value.get()
+    ws.write_message('1')
+    assert await asyncio.wait_for(ws.read_message(), 5) is None      # closed by the server
+    deadline = time.monotonic() + 5
+    while sc.metrics.connected_clients._value.get() != before - 1:
+        assert time.monotonic() < deadline, 'the session did not end'
+        await asyncio.sleep(0.05)
