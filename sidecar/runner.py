@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import faulthandler
 import gc
 import logging
 import resource
@@ -169,6 +170,9 @@ async def run_sidecar(settings, *, on_ready=None, drain=True) -> None:
 
 def serve(settings, *, on_ready=None) -> int:
     """The whole life of a serving process; returns its exit status."""
+    # a crash in native code (a C extension, the interpreter) prints every thread's
+    # Python stack to stderr before the process dies: file, line, function, no values
+    faulthandler.enable()
     check_port(settings.host, settings.port)
     configure_logging(settings.log_level)
     raise_open_files_limit()

@@ -247,7 +247,8 @@ async def test_rolling_restart_behind_haproxy_drains_each_replica(cluster):
             await asyncio.to_thread(proxy.wait_states, {name: 'DOWN'}, DRAIN_SECONDS)
             assert replica.proc.poll() is None
             assert (await connected_per_replica([replica]))[0] >= before * 0.9
-            assert await asyncio.to_thread(replica.proc.wait, DRAIN_SECONDS + 10) == 0
+            status = await asyncio.to_thread(replica.proc.wait, DRAIN_SECONDS + 10)
+            assert status == 0, f'{name} exited with {status}:\n{replica.log()[-4000:]}'
             await asyncio.to_thread(replica.start)
             await asyncio.to_thread(proxy.wait_states, {n: 'UP' for n in SIDECAR_SERVERS})
             await wait_all_connected(swarms)
