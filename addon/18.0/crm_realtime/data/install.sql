@@ -130,6 +130,8 @@ BEGIN
     END LOOP;
     IF w."relation" IS NOT NULL THEN
         EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I()', w."function_name");
+        EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I(text, jsonb)',
+                       "crm_realtime"."_expand_name"(w."function_name"));
         DELETE FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
     END IF;
 END
@@ -189,6 +191,54 @@ BEGIN
 END
 $$;
 
+-- The name of a watched table's expansion function (see _generate), next to its
+-- trigger function "capture_<table>": "expand_<table>".
+CREATE OR REPLACE FUNCTION "crm_realtime"."_expand_name"(p_function_name name)
+RETURNS name LANGUAGE sql IMMUTABLE AS $$
+    SELECT ('expand_' || substr(p_function_name, 9))::name
+$$;
+
+-- expand(): what the sidecar calls for a compact journal row (op 'created_many',
+-- data {"table": <oid>, "ids": [...]}, one per organization of a multi-row
+-- INSERT): one (part, payload) per key still in that organization, from the
+-- table's generated expansion function. A table no longer watched has nothing
+-- to publish. SECURITY DEFINER, granted like the journal (sql/README.md step 4):
+-- it hands out the rows' published fields, which a journal reader sees anyway.
+CREATE OR REPLACE FUNCTION "crm_realtime"."expand"(p_org text, p_data jsonb)
+RETURNS TABLE (part int, data jsonb) LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_fn name;
+BEGIN
+    SELECT w."function_name" INTO v_fn FROM "crm_realtime"."watched_table" AS w
+     WHERE w."relation" = (p_data ->> 'table')::oid AND w."kind" = 'prospect';
+    IF v_fn IS NULL OR pg_catalog.jsonb_typeof(p_data -> 'ids') IS DISTINCT FROM 'array' THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format('SELECT * FROM "crm_realtime".%I($1, $2)', "crm_realtime"."_expand_name"(v_fn))
+        USING p_org, p_data -> 'ids';
+EXCEPTION WHEN undefined_function THEN
+    -- cannot happen while the table is watched; never stall the sidecar's reads
+    RAISE WARNING 'crm_realtime: no expansion function for table %: run SELECT * FROM crm_realtime.repair()',
+        p_data ->> 'table';
+END
+$$;
+REVOKE ALL ON FUNCTION "crm_realtime"."expand"(text, jsonb) FROM PUBLIC;
+-- Upgrading from a version without it: the roles that read the journal (the
+-- sidecar's) may call it, as step 4 of sql/README.md now says.
+DO $$
+DECLARE
+    v_role regrole;
+BEGIN
+    FOR v_role IN SELECT DISTINCT a.grantee::regrole
+                    FROM pg_catalog.pg_class AS c, pg_catalog.aclexplode(c.relacl) AS a
+                   WHERE c.oid = '"crm_realtime"."journal"'::regclass AND a.privilege_type = 'SELECT'
+                     AND a.grantee <> 0 AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION "crm_realtime"."expand"(text, jsonb) TO %s', v_role);
+    END LOOP;
+END
+$$;
+
 -- (Re)writes a watched table's trigger function from its watched_table row with
 -- CREATE OR REPLACE: same function, so the triggers and their locks are untouched.
 CREATE OR REPLACE FUNCTION "crm_realtime"."_generate"(p_table regclass)
@@ -203,6 +253,7 @@ DECLARE
     v_cols  jsonb := '{}';
     v_role  text;
     v_col   text;
+    v_attnum int;
     a       record;
 BEGIN
     SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
@@ -251,6 +302,11 @@ BEGIN
     END IF;
 $n$;
 
+    -- the key column's attribute number (a rename not followed yet: the one recorded)
+    SELECT attnum INTO v_attnum FROM pg_catalog.pg_attribute
+     WHERE attrelid = p_table AND attname = w."pk_column" AND attnum > 0 AND NOT attisdropped;
+    v_attnum := coalesce(v_attnum, (w."columns" -> 'id' ->> 'attnum')::int);
+
     IF w."kind" = 'prospect' THEN
         v_body := format($f$
 DECLARE
@@ -261,15 +317,50 @@ DECLARE
     v_old_org text;
     v_max text;
     v_rows bigint;
+    v_bulk int;
+    v_key text;
 BEGIN
     IF TG_LEVEL = 'STATEMENT' THEN
-        -- OFFSET 0 keeps the row-to-JSON conversion in the subquery: once per row,
-        -- not once per published field
-        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-        SELECT 'prospect', 'created', crm_j->>%1$L, %6$s
-          FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
-         WHERE crm_j->>%1$L IS NOT NULL;
-        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        -- A statement of at least crm_realtime.bulk_min_rows rows (default 100;
+        -- 0: never) writes one compact row per organization holding only the
+        -- new rows' keys (op 'created_many'); the sidecar builds their payloads
+        -- when it reads it, with crm_realtime.expand() (see _generate).
+        v_max := pg_catalog.current_setting('crm_realtime.bulk_min_rows', true);
+        v_bulk := CASE WHEN v_max ~ '^[0-9]{1,9}$' THEN v_max::int ELSE 100 END;
+        IF v_bulk > 0 AND (SELECT pg_catalog.count(*)
+                             FROM (SELECT FROM crm_realtime_new LIMIT v_bulk) AS c) >= v_bulk THEN
+            BEGIN
+                -- the two columns read directly: no row-to-JSON conversion per row
+                INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+                SELECT 'prospect', 'created_many', t.%1$I::text,
+                       pg_catalog.jsonb_build_object('table', %7$s, 'ids',
+                                                     pg_catalog.to_jsonb(pg_catalog.array_agg(t.%2$I)))
+                  FROM crm_realtime_new AS t
+                 WHERE t.%1$I IS NOT NULL
+                 GROUP BY 3;
+            EXCEPTION WHEN OTHERS THEN
+                -- a column renamed, dropped or retyped since this function was
+                -- written: the same through the row as JSON, which cannot fail;
+                -- the key by its attribute number (what expand() looks it up by)
+                v_key := coalesce((SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                                    WHERE a.attrelid = %7$s AND a.attnum = %8$s AND NOT a.attisdropped), %2$L);
+                INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+                SELECT 'prospect', 'created_many', crm_j->>%1$L,
+                       pg_catalog.jsonb_build_object('table', %7$s, 'ids', pg_catalog.jsonb_agg(crm_j->v_key))
+                  FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
+                 WHERE crm_j->>%1$L IS NOT NULL
+                 GROUP BY 3;
+            END;
+            GET DIAGNOSTICS v_rows = ROW_COUNT;
+        ELSE
+            -- OFFSET 0 keeps the row-to-JSON conversion in the subquery: once per row,
+            -- not once per published field
+            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+            SELECT 'prospect', 'created', crm_j->>%1$L, %6$s
+              FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
+             WHERE crm_j->>%1$L IS NOT NULL;
+            GET DIAGNOSTICS v_rows = ROW_COUNT;
+        END IF;
         IF v_rows = 0 THEN RETURN NULL; END IF;
     ELSIF TG_OP = 'INSERT' THEN
         n := pg_catalog.to_jsonb(NEW);
@@ -312,7 +403,7 @@ BEGIN
 %5$s
     RETURN NULL;
 END
-$f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set);
+$f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set, p_table::oid, coalesce(v_attnum, 0));
     ELSE
         v_body := format($f$
 DECLARE
@@ -356,6 +447,55 @@ $f$, w."org_column",
         'CREATE OR REPLACE FUNCTION "crm_realtime".%I() RETURNS trigger LANGUAGE plpgsql '
         'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', w."function_name", v_body);
     EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I() FROM PUBLIC', w."function_name");
+
+    -- Its companion for compact rows ('created_many', prospects only), called by
+    -- the sidecar through crm_realtime.expand() when it reads one: the current
+    -- payload of each key that is still a row of that organization, built by the
+    -- same expression as the trigger's (so a renamed, dropped or retyped column
+    -- is published exactly as the trigger would publish it), numbered by the
+    -- key's place in the row (1-based). A key whose row is gone or belongs to
+    -- another organization now is skipped: the journal rows written since say
+    -- what became of it. The key column is found by its attribute number when
+    -- called (a rename without repair() loses nothing) and compared in its own
+    -- type (an index lookup); if its type no longer takes the stored keys, as
+    -- text. STABLE: it reads with the snapshot of the sidecar's statement, so a
+    -- payload is never newer than the journal rows that statement reads.
+    IF w."kind" = 'prospect' THEN
+        v_body := format($e$
+DECLARE
+    v_pk   name;
+    v_type text;
+BEGIN
+    SELECT attname, pg_catalog.format_type(atttypid, atttypmod) INTO v_pk, v_type
+      FROM pg_catalog.pg_attribute WHERE attrelid = %1$s AND attnum = %2$s AND NOT attisdropped;
+    IF v_pk IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        -- ORDER BY: every row is computed before the first is returned, so an
+        -- error here returns nothing and the fallback below returns it all
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'SELECT i.ord::int, %%s FROM pg_catalog.jsonb_array_elements_text($1) WITH ORDINALITY AS i(id, ord) '
+            'CROSS JOIN LATERAL (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM %%s AS t WHERE t.%%I = i.id::%%s) AS r '
+            'WHERE r.crm_j->>%%L = $2 ORDER BY i.ord',
+            %3$L, %1$s::regclass, v_pk, v_type, %4$L) USING p_ids, p_org;
+    EXCEPTION WHEN OTHERS THEN
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'SELECT i.ord::int, %%s FROM pg_catalog.jsonb_array_elements_text($1) WITH ORDINALITY AS i(id, ord) '
+            'JOIN (SELECT pg_catalog.to_jsonb(t) AS crm_j, t.%%I::text AS crm_k FROM %%s AS t) AS r ON r.crm_k = i.id '
+            'WHERE r.crm_j->>%%L = $2 ORDER BY i.ord',
+            %3$L, v_pk, %1$s::regclass, %4$L) USING p_ids, p_org;
+    END;
+END
+$e$, p_table::oid, coalesce(v_attnum, 0), v_set, w."org_column");
+        EXECUTE format(
+            'CREATE OR REPLACE FUNCTION "crm_realtime".%I(p_org text, p_ids jsonb) '
+            'RETURNS TABLE (part int, data jsonb) LANGUAGE plpgsql STABLE '
+            'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
+            "crm_realtime"."_expand_name"(w."function_name"), v_body);
+        EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I(text, jsonb) FROM PUBLIC',
+                       "crm_realtime"."_expand_name"(w."function_name"));
+    END IF;
 
     -- Record what the function was written for.
     FOR v_role, v_col IN
@@ -649,6 +789,8 @@ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = w."relation") THEN
             DELETE FROM "crm_realtime"."watched_table" WHERE "relation" = w."relation";
             EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I()', w."function_name");
+            EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I(text, jsonb)',
+                           "crm_realtime"."_expand_name"(w."function_name"));
             RETURN NEXT format('table %s no longer exists: no longer watched', w."relation"::oid);
             CONTINUE;
         END IF;
@@ -708,6 +850,8 @@ BEGIN
         BEGIN
             DELETE FROM "crm_realtime"."watched_table" WHERE "relation" = w."relation";
             EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I()', w."function_name");
+            EXECUTE format('DROP FUNCTION IF EXISTS "crm_realtime".%I(text, jsonb)',
+                           "crm_realtime"."_expand_name"(w."function_name"));
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'crm_realtime: could not forget dropped table %: %', w."relation"::oid, SQLERRM;
         END;
