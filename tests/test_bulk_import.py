@@ -52,9 +52,25 @@ def test_small_statements_keep_one_row_per_change_and_large_ones_one_row_per_org
     database.execute("INSERT INTO prospects (organization_id, firstname) "
                      "SELECT 1 + i % 3, 'x' || i FROM generate_series(1, 150) AS i")
     assert _ops(database) == [('created_many', '1', 1), ('created_many', '2', 1), ('created_many', '3', 1)]
-    sizes = database.execute("SELECT jsonb_array_length(data->'ids'), (data->>'table')::oid::regclass::text "
+    # uuid keys as the hex of their bytes, 32 digits each
+    sizes = database.execute("SELECT length(data->>'uuids') / 32, (data->>'table')::oid::regclass::text "
                              'FROM crm_realtime.journal ORDER BY organization_id')
     assert sizes == [(50, 'prospects')] * 3
+
+
+@pytest.mark.parametrize('key_type, values', [('bigint', 'i * 7'), ('text', "'k,\"' || i || '} x'"),
+                                              ('integer', 'i')])
+def test_keys_of_other_types_are_stored_and_found_again(database, key_type, values):
+    database.execute(f'CREATE TABLE leads (id {key_type} PRIMARY KEY, company integer, name text)')
+    database.execute("SELECT crm_realtime.watch('leads', 'prospect', 'company', "
+                     "p_fields => '{\"firstname\": \"name\", \"lastname\": null, \"email\": null, "
+                     "\"phone\": null, \"status\": null, \"source\": null, \"notes\": null, "
+                     "\"created_at\": null, \"updated_at\": null}')")
+    database.execute(f"INSERT INTO leads SELECT {values}, 1, 'n' || i FROM generate_series(1, 120) AS i")
+    rows = _expanded(database)
+    assert [d['firstname'] for _, _, d in rows] == [f'n{i}' for i in range(1, 121)]
+    expected = [str(v) for (v,) in database.execute(f'SELECT {values} FROM generate_series(1, 120) AS i')]
+    assert [str(d['id']) for _, _, d in rows] == expected
 
 
 @pytest.mark.parametrize('setting, compact', [('5', True), ('0', False), ('many', True), ('', True),
