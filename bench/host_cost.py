@@ -23,7 +23,9 @@ run, divided by the journal rows written).
 
 Then one statement that writes --bulk prospects (a CSV import, INSERT ... SELECT)
 is timed in each configuration (median of --bulk-runs, alternated) against "off":
-wall time, and the CPU time of the backend that ran it (/proc/<pid>/schedstat).
+wall time, and the CPU time of the backend that ran it (/proc/<pid>/schedstat);
+"cold" as the first write of a session after install.sql, "warm" after the same
+session wrote a 1-row and a 100-row INSERT (a CRM's pooled connection).
 ``--writers ''`` skips pgbench (the import only).
 
 Uses the server's own synchronous_commit (the default, on: what a CRM sees). Loopback
@@ -218,12 +220,17 @@ def main():
                     for name, install, sidecar_root in (configs if rnd % 2 == 0 else list(reversed(configs))):
                         if sidecar_root:
                             continue       # the statement's own cost: the sidecar does not change it
-                        prepare(conn, install)
-                        c0 = backend_cpu(backend)
-                        started = time.perf_counter()
-                        conn.execute(BULK_SQL, [args.bulk])
-                        bulk.setdefault(name, []).append(time.perf_counter() - started)
-                        bulk_cpu.setdefault(name, []).append(backend_cpu(backend) - c0)
+                        for warm in (False, True):
+                            prepare(conn, install)
+                            if warm:
+                                conn.execute(BULK_SQL, [1])
+                                conn.execute(BULK_SQL, [100])
+                            key = f'{name} ({"warm" if warm else "cold"})'
+                            c0 = backend_cpu(backend)
+                            started = time.perf_counter()
+                            conn.execute(BULK_SQL, [args.bulk])
+                            bulk.setdefault(key, []).append(time.perf_counter() - started)
+                            bulk_cpu.setdefault(key, []).append(backend_cpu(backend) - c0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -243,14 +250,15 @@ def main():
             print(f'  sidecar CPU per change, {name}: '
                   + ', '.join(f'{statistics.median(cpu[(name, n)]):.1f} µs at {n}' for n in writers))
     if bulk:
-        off = statistics.median(bulk['off'])
-        off_cpu = statistics.median(bulk_cpu['off'])
+        offs = {k: (statistics.median(bulk[k]), statistics.median(bulk_cpu[k]))
+                for k in bulk if k.startswith('off ')}
         print(f'\none INSERT ... SELECT of {args.bulk:,} prospects, median of {args.bulk_runs}: '
               f'wall time, and the backend\'s CPU time')
-        for name in bulk:
+        for name in sorted(bulk, key=lambda k: (k.endswith('(warm)'), k)):
+            off, off_cpu = offs['off ' + name.rsplit(' ', 1)[1]]
             v = statistics.median(bulk[name])
             c = statistics.median(bulk_cpu[name])
-            print(f'  {name:17} {v * 1000:8.0f} ms ({v / off:4.2f}x)   CPU {c * 1000:6.0f} ms ({c / off_cpu:4.2f}x)'
+            print(f'  {name:24} {v * 1000:8.0f} ms ({v / off:4.2f}x)   CPU {c * 1000:6.0f} ms ({c / off_cpu:4.2f}x)'
                   f'   [{" ".join(f"{x * 1000:.0f}" for x in bulk[name])}]')
 
 
