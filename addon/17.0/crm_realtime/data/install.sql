@@ -210,7 +210,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_fn   name;
     v_keys text[];
-    v_hex  text;
+    v_raw  bytea;
 BEGIN
     SELECT w."function_name" INTO v_fn FROM "crm_realtime"."watched_table" AS w
      WHERE w."relation" = (p_data ->> 'table')::oid AND w."kind" = 'prospect';
@@ -220,9 +220,10 @@ BEGIN
     -- the keys as text, whichever way the trigger stored them: "uuids" (32 hex
     -- digits each), "keys" (an array's text form), "ids" (a JSON array)
     IF p_data ? 'uuids' THEN
-        v_hex := p_data ->> 'uuids';
-        v_keys := ARRAY(SELECT pg_catalog.substr(v_hex, 32 * g - 31, 32)::uuid::text
-                          FROM pg_catalog.generate_series(1, pg_catalog.length(v_hex) / 32) AS g);
+        -- bytes, not text: substr() of a text walks it from the start each time
+        v_raw := pg_catalog.decode(p_data ->> 'uuids', 'hex');
+        v_keys := ARRAY(SELECT pg_catalog.encode(pg_catalog.substr(v_raw, 16 * g - 15, 16), 'hex')::uuid::text
+                          FROM pg_catalog.generate_series(1, pg_catalog.length(v_raw) / 16) AS g);
     ELSIF p_data ? 'keys' THEN
         v_keys := (p_data ->> 'keys')::text[];
     ELSIF pg_catalog.jsonb_typeof(p_data -> 'ids') = 'array' THEN
@@ -509,10 +510,13 @@ BEGIN
     END IF;
     BEGIN
         -- ORDER BY: every row is computed before the first is returned, so an
-        -- error here returns nothing and the fallback below returns it all
+        -- error here returns nothing and the fallback below returns it all.
+        -- OFFSET 0: one index lookup per key, never a scan of the whole table
+        -- with the organization test pushed into it (which the planner chose
+        -- for a 10,000-row table: 125 µs per key instead of 5)
         RETURN QUERY EXECUTE pg_catalog.format(
             'SELECT i.ord::int, %%s FROM pg_catalog.unnest($1) WITH ORDINALITY AS i(id, ord) '
-            'CROSS JOIN LATERAL (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM %%s AS t WHERE t.%%I = i.id::%%s) AS r '
+            'CROSS JOIN LATERAL (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM %%s AS t WHERE t.%%I = i.id::%%s OFFSET 0) AS r '
             'WHERE r.crm_j->>%%L = $2 ORDER BY i.ord',
             %3$L, %1$s::regclass, v_pk, v_type, %4$L) USING p_ids, p_org;
     EXCEPTION WHEN OTHERS THEN
