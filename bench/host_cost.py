@@ -1,6 +1,7 @@
 """What the CRM's write throughput loses to us, tried as a DBA would: pgbench, A B B A.
 
     python bench/host_cost.py [--seconds 8] [--writers 1,4,16] [--baseline REF] [--bulk 10000]
+                              [--bulk-runs 3]
                               [--pg postgresql://postgres@127.0.0.1:5432/postgres]
 
 On a scratch database (sql/examples/reference_crm.sql; created and dropped here),
@@ -21,7 +22,11 @@ per journal change is printed too (utime+stime of the process from /proc over th
 run, divided by the journal rows written).
 
 Then one statement that writes --bulk prospects (a CSV import, INSERT ... SELECT)
-is timed in each configuration (median of 3) against "off".
+is timed in each configuration (median of --bulk-runs, alternated) against "off":
+wall time, and the CPU time of the backend that ran it (/proc/<pid>/schedstat);
+"cold" as the first write of a session after install.sql, "warm" after the same
+session wrote a 1-row and a 100-row INSERT (a CRM's pooled connection).
+``--writers ''`` skips pgbench (the import only).
 
 Uses the server's own synchronous_commit (the default, on: what a CRM sees). Loopback
 only, bounded (about 2 x configurations x writer counts x --seconds), and the
@@ -101,6 +106,12 @@ class Sidecar:
         self.log.close()
 
 
+def backend_cpu(pid):
+    """CPU seconds a local backend has run (schedstat: nanoseconds, unlike stat's 10 ms ticks)."""
+    with open(f'/proc/{pid}/schedstat') as f:
+        return int(f.read().split()[0]) / 1e9
+
+
 def journal_rows(conn):
     if conn.execute("SELECT to_regclass('crm_realtime.journal')").fetchone()[0] is None:
         return 0
@@ -142,12 +153,14 @@ def main():
     p.add_argument('--writers', default='1,4,16', help='comma-separated client counts (1..64)')
     p.add_argument('--baseline', default='main', help="git ref to compare with ('' to skip)")
     p.add_argument('--bulk', type=int, default=10_000, help='rows of the one-statement import (0 to skip)')
+    p.add_argument('--bulk-runs', type=int, default=3, help='imports per configuration (1..30)')
     p.add_argument('--pg', default=os.environ.get('CRM_REALTIME_TEST_PG',
                                                   'postgresql://postgres@127.0.0.1:5432/postgres'))
     args = p.parse_args()
-    writers = [int(w) for w in args.writers.split(',')]
-    if not 3 <= args.seconds <= 60 or not all(1 <= w <= 64 for w in writers) or not 0 <= args.bulk <= 100_000:
-        p.error('--seconds must be 3..60, --writers 1..64 each, --bulk 0..100000')
+    writers = [int(w) for w in args.writers.split(',') if w.strip()]
+    if not 3 <= args.seconds <= 60 or not all(1 <= w <= 64 for w in writers) or not 0 <= args.bulk <= 100_000 \
+            or not 1 <= args.bulk_runs <= 30:
+        p.error('--seconds must be 3..60, --writers 1..64 each, --bulk 0..100000, --bulk-runs 1..30')
     host = psycopg.conninfo.conninfo_to_dict(args.pg).get('host', '127.0.0.1')
     if host not in ('127.0.0.1', 'localhost', '::1') and not host.startswith('/'):
         p.error('--pg must point at this machine (loopback or a Unix socket)')
@@ -176,6 +189,7 @@ def main():
     tps = {}                 # (config, writers) -> [tps, ...]
     cpu = {}                 # (config, writers) -> [µs per change, ...]
     bulk = {}                # config -> [seconds, ...]
+    bulk_cpu = {}            # config -> [backend CPU seconds, ...]
     t0 = time.monotonic()
     try:
         with ScratchDB(args.pg) as db, psycopg.connect(db.url, autocommit=True) as conn:
@@ -201,20 +215,30 @@ def main():
                               + (f', sidecar {cpu[(name, n)][-1]:.1f} µs CPU/change' if sc else ''),
                               flush=True)
             if args.bulk:
-                for rnd in range(3):
+                backend = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+                for rnd in range(args.bulk_runs):
                     for name, install, sidecar_root in (configs if rnd % 2 == 0 else list(reversed(configs))):
                         if sidecar_root:
                             continue       # the statement's own cost: the sidecar does not change it
-                        prepare(conn, install)
-                        started = time.perf_counter()
-                        conn.execute(BULK_SQL, [args.bulk])
-                        bulk.setdefault(name, []).append(time.perf_counter() - started)
+                        for warm in (False, True):
+                            prepare(conn, install)
+                            if warm:
+                                conn.execute(BULK_SQL, [1])
+                                conn.execute(BULK_SQL, [100])
+                            key = f'{name} ({"warm" if warm else "cold"})'
+                            c0 = backend_cpu(backend)
+                            started = time.perf_counter()
+                            conn.execute(BULK_SQL, [args.bulk])
+                            bulk.setdefault(key, []).append(time.perf_counter() - started)
+                            bulk_cpu.setdefault(key, []).append(backend_cpu(backend) - c0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f'\nCRM transactions/s, median of 2 ({time.monotonic() - t0:.0f} s in all); ratio = without / with')
-    print(f"  {'configuration':17}" + ''.join(f' {f"{n} writer" + ("s" if n > 1 else ""):>20}' for n in writers))
-    for name, *_ in configs:
+    configs_done = configs if writers else []
+    if writers:
+        print(f'\nCRM transactions/s, median of 2 ({time.monotonic() - t0:.0f} s in all); ratio = without / with')
+        print(f"  {'configuration':17}" + ''.join(f' {f"{n} writer" + ("s" if n > 1 else ""):>20}' for n in writers))
+    for name, *_ in configs_done:
         line = f'  {name:17}'
         for n in writers:
             off = statistics.median(tps[('off', n)])
@@ -226,11 +250,16 @@ def main():
             print(f'  sidecar CPU per change, {name}: '
                   + ', '.join(f'{statistics.median(cpu[(name, n)]):.1f} µs at {n}' for n in writers))
     if bulk:
-        off = statistics.median(bulk['off'])
-        print(f'\none INSERT ... SELECT of {args.bulk:,} prospects, median of 3:')
-        for name in bulk:
+        offs = {k: (statistics.median(bulk[k]), statistics.median(bulk_cpu[k]))
+                for k in bulk if k.startswith('off ')}
+        print(f'\none INSERT ... SELECT of {args.bulk:,} prospects, median of {args.bulk_runs}: '
+              f'wall time, and the backend\'s CPU time')
+        for name in sorted(bulk, key=lambda k: (k.endswith('(warm)'), k)):
+            off, off_cpu = offs['off ' + name.rsplit(' ', 1)[1]]
             v = statistics.median(bulk[name])
-            print(f'  {name:17} {v * 1000:8.0f} ms ({v / off:4.2f}x)')
+            c = statistics.median(bulk_cpu[name])
+            print(f'  {name:24} {v * 1000:8.0f} ms ({v / off:4.2f}x)   CPU {c * 1000:6.0f} ms ({c / off_cpu:4.2f}x)'
+                  f'   [{" ".join(f"{x * 1000:.0f}" for x in bulk[name])}]')
 
 
 if __name__ == '__main__':

@@ -55,11 +55,14 @@ class Change(NamedTuple):
     """
     id: int
     kind: str                  # 'prospect' | 'notification'
-    op: str                    # 'created' | 'updated' | 'deleted'
+    op: str                    # 'created' | 'updated' | 'deleted' ('created_many': nothing left of a compact row)
     organization_id: str
     user_id: Optional[str]
     data: Any                  # dict, or its JSON text
     recorded_at: float = 0.0   # unix time the writing transaction started
+    #: for one of the rows a compact journal row (op 'created_many') stands for,
+    #: its place in that row (1-based); None for a plain journal row
+    part: Optional[int] = None
 
 
 class Delivery(NamedTuple):

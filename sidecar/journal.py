@@ -36,23 +36,43 @@ SELECT pg_catalog.pg_current_snapshot()::text,
 # parameter PostgreSQL's generic plan guessed a third of the journal, so it
 # kept planning every read afresh (measured: 345-435 µs of backend CPU per
 # read of 20 rows, 170-210 µs with the bound).
-READ_SINCE_SQL = """
-SELECT s.snap, j.id, j.kind, j.op, j.organization_id, j.user_id, j.data::text,
-       extract(epoch FROM j.recorded_at)::float8
+# A compact row (op 'created_many': the keys of many rows one INSERT statement
+# wrote for one organization, see sql/install.sql) is expanded here, in the same
+# statement and so with the same snapshot as the journal rows read with it: one
+# result row per key still in that organization, op 'created', its current
+# payload, and ``part``, the key's place in the compact row (NULL for a plain
+# row). A compact row none of whose keys is left stays one row with op
+# 'created_many', which causes no event. The WHERE inside the LATERAL is a
+# one-time filter: other rows never call the function.
+_EXPAND = """
+  LEFT JOIN LATERAL (SELECT e.part, e.data FROM "crm_realtime"."expand"(j.organization_id, j.data) AS e
+                      WHERE j.op = 'created_many' OFFSET 0) AS x ON true"""
+_COLUMNS = """j.id, j.kind, CASE WHEN x.part IS NULL THEN j.op ELSE 'created' END, j.organization_id,
+       j.user_id, coalesce(x.data, j.data)::text, extract(epoch FROM j.recorded_at)::float8, x.part"""
+
+# One statement, so the returned snapshot is the one the rows were read with.
+# The upper bound on txid changes no result (a row visible in the statement's
+# snapshot has a txid below its xmax) but gives the planner a bounded range:
+# psycopg prepares a statement run five times, and with a one-sided range on a
+# parameter PostgreSQL's generic plan guessed a third of the journal, so it
+# kept planning every read afresh (measured: 345-435 µs of backend CPU per
+# read of 20 rows, 170-210 µs with the bound).
+READ_SINCE_SQL = f"""
+SELECT s.snap, {_COLUMNS}
   FROM (SELECT pg_catalog.pg_current_snapshot()::text AS snap) AS s
   LEFT JOIN "crm_realtime"."journal" AS j
     ON j.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
    AND j.txid < pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())
-   AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(since)s::pg_snapshot)
- ORDER BY j.id
+   AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(since)s::pg_snapshot){_EXPAND}
+ ORDER BY j.id, x.part
 """
 
 # The same, returning only the rows of organizations ``orgs`` (somebody listens
 # to or recovers in them), plus how many rows the range holds in all (the
-# listener's "is the CRM busy" signal). The other rows never leave the server.
-READ_SINCE_FOR_SQL = """
-SELECT s.snap, s.total, j.id, j.kind, j.op, j.organization_id, j.user_id, j.data::text,
-       extract(epoch FROM j.recorded_at)::float8
+# listener's "is the CRM busy" signal). The other rows never leave the server
+# (nor are compact rows of other organizations expanded).
+READ_SINCE_FOR_SQL = f"""
+SELECT s.snap, s.total, {_COLUMNS}
   FROM (SELECT pg_catalog.pg_current_snapshot()::text AS snap,
                (SELECT count(*) FROM "crm_realtime"."journal" AS a
                  WHERE a.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
@@ -63,23 +83,22 @@ SELECT s.snap, s.total, j.id, j.kind, j.op, j.organization_id, j.user_id, j.data
     ON j.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
    AND j.txid < pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())
    AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(since)s::pg_snapshot)
-   AND j.organization_id = ANY(%(orgs)s::text[])
- ORDER BY j.id
+   AND j.organization_id = ANY(%(orgs)s::text[]){_EXPAND}
+ ORDER BY j.id, x.part
 """
 
 # The rows of organizations ``orgs`` between two snapshots this reader already
 # took: visible in ``upto`` and not in ``since``. Used when somebody started
 # listening to an organization while a read that left it out was in flight.
-READ_BETWEEN_SQL = """
-SELECT j.id, j.kind, j.op, j.organization_id, j.user_id, j.data::text,
-       extract(epoch FROM j.recorded_at)::float8
-  FROM "crm_realtime"."journal" AS j
+READ_BETWEEN_SQL = f"""
+SELECT {_COLUMNS}
+  FROM "crm_realtime"."journal" AS j{_EXPAND}
  WHERE j.txid >= pg_catalog.pg_snapshot_xmin(%(since)s::pg_snapshot)
    AND j.txid < pg_catalog.pg_snapshot_xmax(%(upto)s::pg_snapshot)
    AND NOT pg_catalog.pg_visible_in_snapshot(j.txid, %(since)s::pg_snapshot)
    AND pg_catalog.pg_visible_in_snapshot(j.txid, %(upto)s::pg_snapshot)
    AND j.organization_id = ANY(%(orgs)s::text[])
- ORDER BY j.id
+ ORDER BY j.id, x.part
 """
 
 
@@ -108,7 +127,7 @@ async def read_since(conn, since: str) -> Tuple[str, List[Change]]:
     cur = await conn.execute(READ_SINCE_SQL, {'since': since})
     rows = await cur.fetchall()
     snapshot = rows[0][0]
-    changes = [Change(r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows if r[1] is not None]
+    changes = [Change(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows if r[1] is not None]
     return snapshot, changes
 
 
@@ -131,7 +150,7 @@ async def read_since_for(conn, since: str, orgs) -> Tuple[str, int, List[Change]
     cur = await conn.execute(READ_SINCE_FOR_SQL, {'since': since, 'orgs': _text_array(frozenset(orgs))})
     rows = await cur.fetchall()
     first = rows[0]
-    changes = [Change(r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows if r[2] is not None]
+    changes = [Change(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows if r[2] is not None]
     return first[0], first[1], changes
 
 

@@ -110,6 +110,10 @@ def _in_progress(snapshot: str) -> Tuple[int, ...]:
 def explain(exc: BaseException, database: str, role: str) -> Optional[str]:
     """One sentence naming the DBA step that fixes ``exc``, when it is a setup problem."""
     text = str(exc)
+    if isinstance(exc, psycopg.errors.UndefinedFunction) and 'crm_realtime.expand' in text:
+        return (f'the crm_realtime schema in database "{database}" is older than this sidecar (no '
+                f'crm_realtime.expand): as the DBA, run sql/install.sql again (psql -v ON_ERROR_STOP=1 '
+                f'-d {database} -f sql/install.sql) or crm-realtime install-sql')
     if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName,
                         psycopg.errors.UndefinedFunction)) and 'crm_realtime' in text:
         return (f'the crm_realtime schema is not installed in database "{database}": as the DBA, run '
@@ -118,6 +122,8 @@ def explain(exc: BaseException, database: str, role: str) -> Optional[str]:
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         if 'schema crm_realtime' in text:
             grant = f'GRANT USAGE ON SCHEMA crm_realtime TO "{role}"'
+        elif 'function expand' in text:
+            grant = f'GRANT EXECUTE ON FUNCTION crm_realtime.expand(text, jsonb) TO "{role}"'
         else:
             grant = (f'GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, '
                      f'crm_realtime.watched_table, crm_realtime.mapping_status TO "{role}"')

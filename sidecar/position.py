@@ -5,11 +5,14 @@ A position names a set of journal rows, ``D``:
 * ``"<S>"``: every row visible in PostgreSQL snapshot ``S``.
 * ``"<B>~<T>~<j>"``: every row visible in ``B``, plus the rows visible in the
   later snapshot ``T`` (and not in ``B``) whose id is at most ``j``.
+* ``"<B>~<T>~<j>.<k>"``: the same with ids below ``j``, plus parts ``1`` to ``k``
+  of row ``j``, a compact row (one INSERT statement's many rows of one
+  organization, expanded when read: its part ``k`` is its ``k``-th key).
 
 The sidecar reads the journal in batches, a batch being the rows visible in a
 new snapshot ``T`` and not in the previous one ``B``, sent in id order. The
 offset sent with each event is the position just after it: ``B~T~j`` inside a
-batch, ``T`` after its last row. Because positions are made only of snapshots
+batch (``B~T~j.k`` inside a compact row), ``T`` after its last row. Because positions are made only of snapshots
 and ids, they mean the same thing to every replica and survive restarts.
 
 Positions travel to clients as the Socket.IO offset (the last event argument)
@@ -23,7 +26,7 @@ import secrets
 from typing import FrozenSet, NamedTuple, Optional
 
 _SNAP = r'\d{1,20}:\d{1,20}:(?:\d{1,20}(?:,\d{1,20})*)?'
-_POSITION_RE = re.compile(rf'^({_SNAP})(?:~({_SNAP})~(\d{{1,20}}))?$')
+_POSITION_RE = re.compile(rf'^({_SNAP})(?:~({_SNAP})~(\d{{1,20}})(?:\.(\d{{1,9}}))?)?$')
 _PID_RE = re.compile(r'^([A-Za-z0-9_-]{8,40})(?:\.(.+))?$')
 MAX_TEXT = 32768   # a snapshot with a huge in-progress list is not worth recovering from
 #: transaction ids are xid8 (epoch << 32 | xid); anything at or above 2^63 is not one of ours
@@ -60,9 +63,20 @@ class Position(NamedTuple):
     base: str
     top: Optional[str] = None
     last_id: Optional[int] = None
+    part: Optional[int] = None          # parts 1..part of row last_id (None: all of it)
 
     def encode(self) -> str:
-        return self.base if self.top is None else f'{self.base}~{self.top}~{self.last_id}'
+        if self.top is None:
+            return self.base
+        if self.part is None:
+            return f'{self.base}~{self.top}~{self.last_id}'
+        return f'{self.base}~{self.top}~{self.last_id}.{self.part}'
+
+    def has(self, row_id: int, part: Optional[int]) -> bool:
+        """Of the rows visible in ``top`` and not in ``base``: is this one (or this part of it) in D?"""
+        if row_id != self.last_id:
+            return row_id < self.last_id
+        return self.part is None or (part is not None and part <= self.part)
 
     @property
     def horizon(self) -> str:
@@ -77,7 +91,7 @@ class Position(NamedTuple):
         m = _POSITION_RE.match(text)
         if not m:
             return None
-        base, top, last = m.groups()
+        base, top, last, part = m.groups()
         if last is not None and int(last) > MAX_XID:     # journal ids are bigint
             return None
         for snap in (base, top):
@@ -87,7 +101,8 @@ class Position(NamedTuple):
                     return None
         if top is not None and not Snapshot.parse(top).sees_all_of(Snapshot.parse(base)):
             return None
-        return cls(base, top, int(last) if last is not None else None)
+        return cls(base, top, int(last) if last is not None else None,
+                   int(part) if part is not None else None)
 
 
 def new_pid(position: Optional[str]) -> str:

@@ -207,7 +207,13 @@ class Realtime:
             room = room_of(change)
             if room is None or not (listening(room) or held(room)):
                 continue
-            offset = after if i == last else f'{before}~{after}~{change.id}'
+            if i == last:
+                offset = after
+            elif change.part is not None and changes[i + 1].id == change.id:
+                # inside a compact row: which of its parts the client has
+                offset = f'{before}~{after}~{change.id}.{change.part}'
+            else:
+                offset = f'{before}~{after}~{change.id}'
             for delivery in route(change):
                 batch.append((delivery, offset))
         if batch:

@@ -74,15 +74,20 @@ PRUNED_BELOW_SQL = 'SELECT "pruned_below"::text FROM "crm_realtime"."journal_sta
 # The rows that any of a round of recovering clients may have missed: their
 # organizations (and users) since the oldest start of the round; each client's
 # own rows are picked in Python (Hold.rows, Snapshot.visible).
+# A compact row is expanded here as in journal.py: the payloads are the rows as
+# they are now (a later journal row, if any, follows them in the replay).
 ROUND_SQL = """
-SELECT j.id, j.txid::text, j.kind, j.op, j.organization_id, j.user_id, j.data
+SELECT j.id, j.txid::text, j.kind, CASE WHEN x.part IS NULL THEN j.op ELSE 'created' END,
+       j.organization_id, j.user_id, coalesce(x.data, j.data), x.part
   FROM "crm_realtime"."journal" AS j
+  LEFT JOIN LATERAL (SELECT e.part, e.data FROM "crm_realtime"."expand"(j.organization_id, j.data) AS e
+                      WHERE j.op = 'created_many' OFFSET 0) AS x ON true
  WHERE j.txid >= %(xmin)s::text::xid8
    AND j.txid < pg_catalog.pg_snapshot_xmax(%(to)s::pg_snapshot)
    AND pg_catalog.pg_visible_in_snapshot(j.txid, %(to)s::pg_snapshot)
    AND j.organization_id = ANY(%(orgs)s)
    AND (j.user_id IS NULL OR j.user_id = ANY(%(users)s))
- ORDER BY j.id
+ ORDER BY j.id, x.part
 """
 
 CURRENT_SNAPSHOT_SQL = 'SELECT pg_catalog.pg_current_snapshot()::text'
@@ -118,25 +123,30 @@ class Hold:
         base = Snapshot.parse(start.base)
         top = Snapshot.parse(start.top) if start.top is not None else None
         first, rest = [], []
-        for row_id, txid, kind, op, org, user, data in rows:
+        for row_id, txid, kind, op, org, user, data, part in rows:
             if user is not None and user != self.user_id:
                 continue
             x = int(txid)
             if not target.visible(x) or base.visible(x):
                 continue
             in_partial = top is not None and top.visible(x)
-            if in_partial and row_id <= start.last_id:
+            if in_partial and start.has(row_id, part):
                 continue
-            (first if in_partial else rest).append((row_id, in_partial, Change(row_id, kind, op, org, user, data)))
+            (first if in_partial else rest).append(
+                (row_id, in_partial, Change(row_id, kind, op, org, user, data, 0.0, part)))
         ordered = first + rest
         out = []
+        last = len(ordered) - 1
         for i, (row_id, in_partial, change) in enumerate(ordered):
-            if i == len(ordered) - 1:
-                offset = self.target        # the client now has all of its rows in D(target)
-            elif in_partial:
-                offset = Position(start.base, start.top, row_id).encode()
+            if i == last:
+                out.append((change, self.target))     # the client now has all of its rows in D(target)
+                continue
+            # inside a compact row, the offset says which of its parts the client has
+            part = change.part if change.part is not None and ordered[i + 1][0] == row_id else None
+            if in_partial:
+                offset = Position(start.base, start.top, row_id, part).encode()
             else:
-                offset = Position(start.horizon, self.target, row_id).encode()
+                offset = Position(start.horizon, self.target, row_id, part).encode()
             out.append((change, offset))
         return out
 

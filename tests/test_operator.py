@@ -148,7 +148,7 @@ REALTIME_GRANTS = '''
     GRANT USAGE ON SCHEMA crm_realtime TO ROLE;
     GRANT SELECT ON crm_realtime.journal, crm_realtime.journal_state, crm_realtime.watched_table,
                     crm_realtime.mapping_status TO ROLE;
-    GRANT EXECUTE ON FUNCTION crm_realtime.prune(interval) TO ROLE;
+    GRANT EXECUTE ON FUNCTION crm_realtime.prune(interval), crm_realtime.expand(text, jsonb) TO ROLE;
 '''
 
 

@@ -243,6 +243,9 @@ def test_the_readme_sidecar_role_reads_and_prunes_but_cannot_forge(database):
         with database.connect() as conn:
             conn.execute(f'SET ROLE "{role}"')
             assert conn.execute('SELECT count(*) FROM crm_realtime.journal').fetchone()[0] == 1
+            # compact rows of a multi-row INSERT are expanded through crm_realtime.expand()
+            assert conn.execute("SELECT count(*) FROM crm_realtime.expand('1', "
+                                "'{\"table\": 0, \"keys\": \"{}\"}')").fetchone()[0] == 0
             conn.execute("SELECT crm_realtime.prune('24 hours')")
             for forge in ("INSERT INTO crm_realtime.journal (kind, op, organization_id, data) "
                           "VALUES ('notification', 'created', '2', '{}')",
@@ -254,6 +257,8 @@ def test_the_readme_sidecar_role_reads_and_prunes_but_cannot_forge(database):
             conn.execute(f'SET ROLE "{bystander}"')      # USAGE alone: prune is not PUBLIC
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT crm_realtime.prune('0')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):     # nor expand
+                conn.execute("SELECT * FROM crm_realtime.expand('1', '{}')")
         assert database.execute('SELECT count(*) FROM crm_realtime.journal') == [(1,)]
     finally:
         for r in (role, bystander):

@@ -93,6 +93,43 @@ def test_a_batch_of_new_leads_each_arrives_once_with_its_stage(odoo_db, flush):
         ('created', str(1 + i % 2), lead, 1 + i % 2) for i, lead in enumerate(leads)]
 
 
+@pytest.mark.parametrize('flush', ['one', 'batch'])
+def test_a_batch_create_of_many_leads_is_one_compact_row_per_company_and_nothing_else(odoo_db, flush):
+    """The ORM's batch create is one multi-row INSERT: from crm_realtime.bulk_min_rows rows on,
+    one compact row per company; the sidecar builds each lead as it is at commit (with the
+    stage the flush wrote), so the flush's rows are dropped, except for a lead that moved."""
+    n = 120
+    with odoo_db.connect(autocommit=False) as conn:
+        with conn.cursor() as cur:
+            rows = ', '.join(f"(true, {1 + i % 2}, 'Lead {i}', now() at time zone 'UTC', 'x', 'lead', "
+                             "now() at time zone 'UTC')" for i in range(n))
+            cur.execute('INSERT INTO "crm_lead" ("active", "company_id", "contact_name", "create_date", '
+                        f'"name", "type", "write_date") VALUES {rows} RETURNING "id"')
+            leads = [r[0] for r in cur.fetchall()]
+            if flush == 'one':
+                for i, lead in enumerate(leads):
+                    cur.execute(ORM_FLUSH.format(ids=int(lead)), (1 + i % 2,))
+            else:
+                values = ', '.join(f'({lead}, {1 + i % 2})' for i, lead in enumerate(leads))
+                cur.execute(ORM_FLUSH_BATCH.format(values=values))
+            cur.execute('UPDATE crm_lead SET company_id = 2 WHERE id = %s', [leads[0]])    # moved: 1 -> 2
+            cur.execute('DELETE FROM crm_lead WHERE id = %s', [leads[2]])                   # gone
+        conn.commit()
+    rows = _journal(odoo_db)
+    assert [(op, org) for op, org, _ in rows[:2]] == [('created_many', '2'), ('created_many', '1')] or \
+        [(op, org) for op, org, _ in rows[:2]] == [('created_many', '1'), ('created_many', '2')]
+    # only the moved lead keeps its rows: after its creation for 1 (compact, skipped now that
+    # it is in 2), its flush, gone from 1, created in 2
+    assert [(op, org, data['id']) for op, org, data in rows[2:]] == [
+        ('updated', '1', leads[0]), ('deleted', '1', leads[0]), ('created', '2', leads[0])]
+    expanded = odoo_db.execute(
+        "SELECT j.organization_id, x.data FROM crm_realtime.journal j, "
+        "crm_realtime.expand(j.organization_id, j.data) x WHERE j.op = 'created_many' ORDER BY j.organization_id, x.part")
+    got = {(org, data['id']): data for org, data in expanded}
+    assert len(got) == n - 2 and ('1', leads[0]) not in got and ('1', leads[2]) not in got
+    assert all(data['status'] == int(org) for (org, _), data in got.items())      # the stage of the flush
+
+
 def test_a_company_computed_at_flush_publishes_one_created_for_that_company(odoo_db):
     with odoo_db.connect(autocommit=False) as conn:
         with conn.cursor() as cur:

@@ -27,6 +27,10 @@ A new lead is published once, complete, at commit (``LEAD_AT_COMMIT``)
     lead's other rows of the transaction are removed. A lead created and
     deleted (or left without a company) in one transaction publishes nothing.
     Nothing outside the transaction ever saw those rows, so nothing is lost.
+    Leads of a batch create of ``crm_realtime.bulk_min_rows`` (100) or more are
+    journaled as one compact row per company whose payloads the sidecar builds
+    from the rows when it reads it; the fold then drops those leads' other rows
+    of the transaction (unless a lead moved to another company).
 
 The mapping of ``crm_lead`` to the contract's prospect fields (``LEAD_FIELDS``)
     =============  ===============  ==========================================
@@ -247,6 +251,27 @@ BEGIN
     END IF;
     IF v_drop IS NOT NULL THEN
         DELETE FROM "crm_realtime"."journal" j WHERE j."txid" = v_txid AND j."id" = ANY (v_drop);
+    END IF;
+    -- Leads of a multi-row INSERT (the ORM's batch create, from crm_realtime.bulk_min_rows
+    -- rows on) are in a compact row, whose payloads the sidecar builds when it reads it: as
+    -- the leads are at commit, complete. Their other rows of the transaction (the flush's
+    -- UPDATE) are dropped when the lead is still in that company, gone, or without a
+    -- company; a lead that moved to another company keeps them (they say where it went).
+    IF EXISTS (SELECT FROM "crm_realtime"."journal" j
+                WHERE j."txid" = v_txid AND j."op" = 'created_many'
+                  AND (j."data" ->> 'table')::oid = '{lead}'::regclass) THEN
+        DELETE FROM "crm_realtime"."journal" j
+         USING (SELECT c."organization_id" AS org, k.key::bigint AS lead_id
+                  FROM "crm_realtime"."journal" c,
+                       pg_catalog.unnest((c."data" ->> 'keys')::text[]) AS k(key)
+                 WHERE c."txid" = v_txid AND c."op" = 'created_many'
+                   AND (c."data" ->> 'table')::oid = '{lead}'::regclass AND c."data" ? 'keys') AS b
+          LEFT JOIN {lead} l ON l.{pk} = b.lead_id
+         CROSS JOIN LATERAL (SELECT pg_catalog.to_jsonb(l) AS r) AS lr
+         WHERE j."txid" = v_txid AND j."kind" = 'prospect' AND j."op" <> 'created_many'
+           AND pg_catalog.jsonb_typeof(j."data" -> 'id') = 'number'
+           AND (j."data" ->> 'id')::bigint = b.lead_id
+           AND (r IS NULL OR {org_text} IS NULL OR {org_text} = b.org);
     END IF;
     PERFORM pg_catalog.set_config('{LEAD_AT_COMMIT_MARK}', v_mark, true);
     RETURN NULL;
