@@ -283,3 +283,80 @@ def test_a_non_superuser_install_works_without_the_event_trigger(empty_database)
     finally:
         db.execute(f'DROP OWNED BY "{role}" CASCADE')
         db.execute(f'DROP ROLE "{role}"')
+
+
+def _journal_after(database, last_id):
+    return database.execute('SELECT op, organization_id, data FROM crm_realtime.journal '
+                            'WHERE id > %s ORDER BY id', [last_id])
+
+
+def _last_id(database):
+    return database.execute('SELECT coalesce(max(id), 0) FROM crm_realtime.journal')[0][0]
+
+
+def test_row_triggers_read_columns_directly_and_publish_what_the_json_path_does(database):
+    """UPDATE and DELETE read NEW and OLD directly (no row-to-JSON): the payload is the
+    one the INSERT's JSON path publishes, an unpublished-only change emits nothing,
+    a move is deleted + created, and a timestamp without time zone keeps its +00:00."""
+    pk = database.insert_prospect(1, notes='n' * 50)
+    (created,) = [d for op, _, d in _journal_after(database, 0) if op == 'created']
+    mark = _last_id(database)
+    database.execute("UPDATE prospects SET status = 'won' WHERE id = %s", [pk])
+    [(op, org, updated)] = _journal_after(database, mark)
+    assert (op, org) == ('updated', '1')
+    # the reference CRM's own trigger moves updated_at
+    assert updated['updated_at'] > created['updated_at']
+    assert {**updated, 'updated_at': None} == {**created, 'status': 'won', 'updated_at': None}
+
+    mark = _last_id(database)
+    database.execute('UPDATE prospects SET internal_score = 7 WHERE id = %s', [pk])
+    assert _journal_after(database, mark) == []
+
+    database.execute('UPDATE prospects SET organization_id = 2 WHERE id = %s', [pk])
+    rows = _journal_after(database, mark)
+    assert [(op, org) for op, org, _ in rows] == [('deleted', '1'), ('created', '2')]
+    assert rows[0][2] == {'id': pk} and rows[1][2]['status'] == 'won'
+
+    database.execute('ALTER TABLE prospects ALTER COLUMN updated_at TYPE timestamp')
+    mark = _last_id(database)
+    database.execute("UPDATE prospects SET firstname = 'Grace' WHERE id = %s", [pk])
+    [(_, _, data)] = _journal_after(database, mark)
+    assert data['firstname'] == 'Grace' and data['updated_at'].endswith('+00:00')
+
+    mark = _last_id(database)
+    database.execute('DELETE FROM prospects WHERE id = %s', [pk])
+    assert _journal_after(database, mark) == [('deleted', '2', {'id': pk})]
+
+
+def test_without_the_event_trigger_updates_and_deletes_fall_back_and_never_fail(database):
+    """The row triggers' direct column reads were written for the columns of the time;
+    after a rename, a drop or a retype that nobody followed (no event trigger), the
+    write still succeeds and the event is what the JSON path publishes."""
+    database.execute('DROP EVENT TRIGGER crm_realtime_ddl')
+    a = database.insert_prospect(1)
+    b = database.insert_prospect(1)
+    database.execute('ALTER TABLE prospects RENAME COLUMN status TO state')
+    database.execute('ALTER TABLE prospects DROP COLUMN phone')
+    # a type with no equality operator: the unchanged test must not need one
+    database.execute('ALTER TABLE prospects ALTER COLUMN notes TYPE json USING to_json(notes)')
+    mark = _last_id(database)
+    database.execute("UPDATE prospects SET state = 'won' WHERE id = %s", [a])
+    database.execute("""UPDATE prospects SET notes = '{"a": 1}' WHERE id = %s""", [a])
+    database.execute('UPDATE prospects SET internal_score = 3 WHERE id = %s', [a])
+    rows = _journal_after(database, mark)
+    # the renamed status is published as null; the notes change is seen
+    assert [(op, org) for op, org, _ in rows] == [('updated', '1'), ('updated', '1')]
+    assert rows[0][2]['status'] is None and rows[0][2]['phone'] is None
+    assert rows[1][2]['notes'] == {'a': 1}
+
+    mark = _last_id(database)
+    database.execute('DELETE FROM prospects WHERE id = %s', [b])
+    assert _journal_after(database, mark) == [('deleted', '1', {'id': b})]
+
+    # the organization column renamed: the rows have no organization any more (as on
+    # the JSON path), so nothing is journaled, and nothing fails
+    database.execute('ALTER TABLE prospects RENAME COLUMN organization_id TO org')
+    mark = _last_id(database)
+    database.execute("UPDATE prospects SET firstname = 'Grace' WHERE id = %s", [a])
+    database.execute('DELETE FROM prospects WHERE id = %s', [a])
+    assert _journal_after(database, mark) == []
