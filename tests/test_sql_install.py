@@ -264,3 +264,20 @@ def test_the_readme_sidecar_role_reads_and_prunes_but_cannot_forge(database):
         for r in (role, bystander):
             database.execute(f'DROP OWNED BY "{r}"')
             database.execute(f'DROP ROLE "{r}"')
+
+
+def test_reinstall_replaces_an_update_trigger_with_a_when_clause(database):
+    """Versions before this one had WHEN (OLD *<> NEW) on the UPDATE trigger, which
+    PostgreSQL re-prepares for every UPDATE statement; install.sql drops it."""
+    database.execute('DROP TRIGGER crm_realtime_capture_update ON prospects')
+    database.execute('CREATE TRIGGER crm_realtime_capture_update AFTER UPDATE ON prospects FOR EACH ROW '
+                     'WHEN (OLD *<> NEW) EXECUTE FUNCTION crm_realtime.capture_prospects()')
+    assert database.execute("SELECT crm_realtime._triggers_current('prospects', 'prospect')") == [(False,)]
+    database.execute(sql_text('install.sql'))
+    assert database.execute("SELECT tgqual IS NULL FROM pg_trigger WHERE tgrelid = 'prospects'::regclass "
+                            "AND tgname = 'crm_realtime_capture_update'") == [(True,)]
+    assert database.execute("SELECT crm_realtime._triggers_current('prospects', 'prospect')") == [(True,)]
+    pid = database.insert_prospect(1)
+    database.execute('UPDATE prospects SET firstname = firstname WHERE id = %s', [pid])
+    database.execute("UPDATE prospects SET firstname = 'Grace' WHERE id = %s", [pid])
+    assert database.execute('SELECT op FROM crm_realtime.journal ORDER BY id') == [('created',), ('updated',)]
