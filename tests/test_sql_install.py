@@ -1,5 +1,6 @@
 """What the DBA installs: idempotent install, clean uninstall, other table shapes."""
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -281,3 +282,37 @@ def test_reinstall_replaces_an_update_trigger_with_a_when_clause(database):
     database.execute('UPDATE prospects SET firstname = firstname WHERE id = %s', [pid])
     database.execute("UPDATE prospects SET firstname = 'Grace' WHERE id = %s", [pid])
     assert database.execute('SELECT op FROM crm_realtime.journal ORDER BY id') == [('created',), ('updated',)]
+
+
+def test_reinstall_while_a_crm_write_is_in_flight_drops_the_old_brin_index_later(database):
+    """Versions before this one had a BRIN index on the journal, which cost every journal
+    row. install.sql drops it, but never waits more than 5 s for the journal: with a CRM
+    transaction holding it, the re-run completes and says so, and the next run drops it."""
+    import threading
+    database.execute('CREATE INDEX journal_recorded_at_brin ON crm_realtime.journal USING brin (recorded_at)')
+    writer = database.connect(autocommit=False)
+    writer.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'in flight')")
+    notices, done = [], threading.Event()
+
+    def reinstall():
+        with database.connect() as conn:
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+            conn.execute("SET statement_timeout = '30s'")
+            conn.execute(sql_text('install.sql'))
+        done.set()
+
+    t = threading.Thread(target=reinstall, daemon=True)
+    started = time.monotonic()
+    t.start()
+    try:
+        assert done.wait(20), 'install.sql waited for the CRM transaction'
+    finally:
+        writer.commit()
+        writer.close()
+    t.join(5)
+    assert 4 < time.monotonic() - started < 20
+    assert any('journal_recorded_at_brin stays' in n for n in notices), notices
+    assert database.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'journal_recorded_at_brin'") == [(1,)]
+    database.execute(sql_text('install.sql'))
+    assert database.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'journal_recorded_at_brin'") == [(0,)]
+    assert database.execute("SELECT data->>'firstname' FROM crm_realtime.journal") == [('in flight',)]
