@@ -302,7 +302,10 @@ def test_serving_before_the_dba_step_names_the_fix_and_backs_off(empty_database)
     p = SidecarProcess(sidecar_env(db, SIDECAR_LISTENER_MAX_BACKOFF_SECONDS='4')).start(wait_ready=False)
     try:
         p.wait_ok('/healthz', what='up')
-        time.sleep(4)
+        # three retries logged (a loaded machine starts slower; bounded either way)
+        deadline = time.time() + 15
+        while len(_retry_delays(p.log())) < 3 and time.time() < deadline:
+            time.sleep(0.1)
         log_text = p.log()
         sentence = (f'the crm_realtime schema is not installed in database "{db.name}": as the DBA, '
                     f'run sql/install.sql (psql -v ON_ERROR_STOP=1 -d {db.name} -f sql/install.sql) '
