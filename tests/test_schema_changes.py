@@ -360,3 +360,72 @@ def test_without_the_event_trigger_updates_and_deletes_fall_back_and_never_fail(
     database.execute("UPDATE prospects SET firstname = 'Grace' WHERE id = %s", [a])
     database.execute('DELETE FROM prospects WHERE id = %s', [a])
     assert _journal_after(database, mark) == []
+
+
+def _xmins_after(database, mark):
+    return database.execute('SELECT count(DISTINCT xmin::text) FROM crm_realtime.journal WHERE id > %s',
+                            [mark])[0][0]
+
+
+def test_insert_reads_columns_directly_or_as_json_with_the_same_payload_and_no_subtransactions(database):
+    """The INSERT trigger reads the new rows' columns directly once a query naming them
+    prepares; after a rename nobody followed it goes through the rows as JSON. Both
+    publish the same payload, and neither takes a subtransaction id per statement (a
+    row written inside a subtransaction would carry that subtransaction's id as xmin)."""
+    database.execute('DROP EVENT TRIGGER crm_realtime_ddl')
+    fields = dict(firstname='Ada', lastname='Lovelace', email='ada@example.com', status='new')
+
+    def insert_100_in_one_transaction():
+        with database.connect(autocommit=False) as conn:
+            for i in range(100):
+                conn.execute('INSERT INTO prospects (organization_id, firstname, lastname, email, status) '
+                             'VALUES (1, %s, %s, %s, %s)', list(fields.values()))
+            conn.commit()
+
+    def payloads_after(mark):
+        return [d for op, _, d in _journal_after(database, mark) if op == 'created']
+
+    mark = _last_id(database)
+    insert_100_in_one_transaction()
+    direct = payloads_after(mark)
+    assert _xmins_after(database, mark) == 1
+    assert len(direct) == 100 and direct[0]['lastname'] == 'Lovelace' and direct[0]['email'] == fields['email']
+
+    database.execute('ALTER TABLE prospects RENAME COLUMN lastname TO last_name')
+    fields['lastname'] = 'ignored'
+    mark = _last_id(database)
+    with database.connect(autocommit=False) as conn:
+        for i in range(100):
+            conn.execute("INSERT INTO prospects (organization_id, firstname, last_name, email, status) "
+                         "VALUES (1, 'Ada', 'Lovelace', 'ada@example.com', 'new')")
+        conn.commit()
+    by_json = payloads_after(mark)
+    assert _xmins_after(database, mark) == 1
+    assert len(by_json) == 100
+    # same payload but the field whose column went away, and the row's own id and times
+    strip = ('id', 'created_at', 'updated_at', 'lastname')
+    assert {k: v for k, v in by_json[0].items() if k not in strip} == \
+        {k: v for k, v in direct[0].items() if k not in strip}
+    assert by_json[0]['lastname'] is None and set(by_json[0]) == set(direct[0])
+
+
+def test_row_triggers_take_no_subtransaction_id_direct_or_in_fallback(database):
+    """The row triggers' exception block only reads: 80 rows updated and deleted in one
+    transaction, before and after a rename nobody followed, leave journal rows that
+    all carry the transaction's own id (xmin)."""
+    database.execute("INSERT INTO prospects (organization_id, firstname) SELECT 1, 'r' || i "
+                     "FROM generate_series(1, 80) AS i")
+    for step in ('direct', 'fallback'):
+        if step == 'fallback':
+            database.execute('DROP EVENT TRIGGER crm_realtime_ddl')
+            database.execute('ALTER TABLE prospects RENAME COLUMN status TO state')
+        mark = _last_id(database)
+        with database.connect(autocommit=False) as conn:
+            conn.execute("UPDATE prospects SET firstname = firstname || %s", [step[0]])
+            conn.commit()
+        assert database.execute('SELECT count(*) FROM crm_realtime.journal WHERE id > %s', [mark]) == [(80,)]
+        assert _xmins_after(database, mark) == 1, step
+    mark = _last_id(database)
+    database.execute('DELETE FROM prospects')
+    assert database.execute('SELECT count(*) FROM crm_realtime.journal WHERE id > %s', [mark]) == [(80,)]
+    assert _xmins_after(database, mark) == 1
