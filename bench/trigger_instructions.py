@@ -1,6 +1,7 @@
 """What our triggers cost each CRM transaction, in CPU instructions: a figure that does not move.
 
     python bench/trigger_instructions.py [--baseline REF] [--transactions 50,250] [--split]
+                                         [--bulk 10000]
 
 On a shared machine transactions/s and even CPU seconds move by 2x between runs of
 the same code (bench/host_cost.py, bench/writer_cpu.py), which hides a 5% change.
@@ -8,7 +9,9 @@ This counts instructions instead: a scratch PostgreSQL cluster (initdb in a
 temporary directory, the server's own binaries), sql/examples/reference_crm.sql,
 then `postgres --single` under valgrind's callgrind runs host_cost.py's scenario
 (each transaction INSERTs a prospect with 400 bytes of notes and UPDATEs its
-status, as prepared statements). Run for two transaction counts; the difference,
+status, as prepared statements), on a table that holds 2,000 rows already (so
+that plans are those of a real table: on an empty one the UPDATE's plan is a
+sequential scan, which makes the CRM's own cost grow with every row). Run for two transaction counts; the difference,
 divided by the difference in transactions, is the cost of one transaction with
 the start-up and the first calls (plan caching, PL/pgSQL compilation) taken out.
 The same count, run twice, gives the same figure to within a few hundred.
@@ -16,6 +19,8 @@ The same count, run twice, gives the same figure to within a few hundred.
 Configurations: no triggers (sql/uninstall.sql state), this checkout's
 sql/install.sql, and --baseline's (a git ref; '' to skip). --split also measures
 this checkout with only the INSERT trigger and with only the UPDATE trigger.
+--bulk N counts one INSERT ... SELECT of N prospects (host_cost.py's CSV import)
+the same way: a run with it minus a run without, after the same first writes.
 
 What it does not count: the kernel (the socket a real client talks through,
 the WAL fsync), waits for locks, and cache misses; so a ratio here is larger
@@ -43,6 +48,14 @@ PREPARE = (
     "phone, status, source, notes) VALUES ($1, $2, 'Ada', 'Lovelace', 'ada@example.com', "
     "'+44 20 7946 0000', 'new', 'web', repeat('n', 400));\n"
     "PREPARE upd(uuid) AS UPDATE prospects SET status = 'contacted' WHERE id = $1;\n")
+
+BULK_SQL = ("INSERT INTO prospects (organization_id, firstname, lastname, email, status, notes) "
+            "SELECT mod(i, 10) + 1, 'Imp' || i, 'Ort', 'imp' || i || '@example.com', 'new', repeat('n', 400) "
+            "FROM generate_series(1, {n}) AS i;\n")
+
+PREFILL_SQL = ("INSERT INTO prospects (organization_id, firstname, lastname, email, status, notes) "
+               "SELECT mod(i, 10) + 1, 'Old' || i, 'Row', 'old' || i || '@example.com', 'won', repeat('o', 400) "
+               "FROM generate_series(1, 2000) AS i")
 
 ONLY = {
     'insert': 'DROP TRIGGER crm_realtime_capture_update ON prospects;',
@@ -103,6 +116,9 @@ class Cluster:
         try:
             self.psql('postgres', 'DROP DATABASE IF EXISTS crm', 'CREATE DATABASE crm')
             self.psql('crm', ROOT / 'sql/examples/reference_crm.sql')
+            # rows already there, as in a CRM, so that the statistics (and so the
+            # plans, e.g. the UPDATE's index scan) are those of a real table
+            self.psql('crm', PREFILL_SQL)
             if install is not None:
                 self.psql('crm', install)
             if extra:
@@ -111,13 +127,15 @@ class Cluster:
         finally:
             self.stop()
 
-    def count(self, transactions):
-        """Instructions of one `postgres --single` run of the scenario."""
+    def count(self, transactions, bulk=0):
+        """Instructions of one `postgres --single` run of the scenario (then the import)."""
         script = self.dir / 'script.sql'
         lines = [PREPARE]
         for i in range(transactions):
             u = uuid.UUID(int=i + 1)
             lines.append(f"BEGIN;\nEXECUTE ins('{u}', {1 + i % 10});\nEXECUTE upd('{u}');\nCOMMIT;\n")
+        if bulk:
+            lines.append(BULK_SQL.format(n=int(bulk)))
         script.write_text(''.join(lines))
         if self.as_user:
             shutil.chown(script, 'postgres')
@@ -143,11 +161,20 @@ def per_transaction(cluster, install, extra, n1, n2):
     return (counts[1] - counts[0]) / (n2 - n1)
 
 
+def import_cost(cluster, install, n):
+    counts = []
+    for bulk in (0, n):
+        cluster.prepare(install, None)
+        counts.append(cluster.count(20, bulk))
+    return counts[1] - counts[0]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--baseline', default='main', help="git ref to compare with ('' to skip)")
     p.add_argument('--transactions', default='50,250', help='the two transaction counts, N1,N2')
     p.add_argument('--split', action='store_true', help='also the INSERT and the UPDATE trigger alone')
+    p.add_argument('--bulk', type=int, default=0, help='also one INSERT ... SELECT of this many rows (0: no)')
     args = p.parse_args()
     try:
         n1, n2 = (int(x) for x in args.transactions.split(','))
@@ -155,6 +182,8 @@ def main():
         p.error('--transactions N1,N2 (two integers)')
     if not (1 <= n1 < n2 <= 5000):
         p.error('--transactions: 1 <= N1 < N2 <= 5000')
+    if not 0 <= args.bulk <= 100_000:
+        p.error('--bulk 0..100000')
     if not shutil.which('valgrind'):
         p.error('valgrind is not installed (Debian: valgrind)')
     workdir = tempfile.mkdtemp(prefix='crm_rt_instr_')
@@ -184,6 +213,16 @@ def main():
             off = v if off is None else off
             extra_txt = '' if install is None else f'   +{v - off:,.0f} ({v / off:.2f}x)'
             print(f'  {name:36} {v:12,.0f} instructions per INSERT + UPDATE transaction{extra_txt}', flush=True)
+        if args.bulk:
+            off = None
+            for name, install, extra in configs:
+                if extra is not None:
+                    continue
+                v = import_cost(cluster, install, args.bulk)
+                off = v if off is None else off
+                extra_txt = '' if install is None else f'   ({v / off:.2f}x)'
+                print(f'  {name:36} {v:14,.0f} instructions for one INSERT ... SELECT of {args.bulk:,} '
+                      f'prospects{extra_txt}', flush=True)
     finally:
         subprocess.run(['rm', '-rf', workdir])
 
