@@ -429,3 +429,64 @@ def test_row_triggers_take_no_subtransaction_id_direct_or_in_fallback(database):
     database.execute('DELETE FROM prospects')
     assert database.execute('SELECT count(*) FROM crm_realtime.journal WHERE id > %s', [mark]) == [(80,)]
     assert _xmins_after(database, mark) == 1
+
+
+def test_a_retype_under_a_session_that_already_wrote_never_fails_its_writes(database):
+    """PL/pgSQL keeps the plans it prepared for NEW.col with the column's old type: after
+    an ALTER COLUMN ... TYPE nobody followed (no event trigger), a pooled CRM connection
+    that had written before gets datatype_mismatch there. The block catches it, the JSON
+    path publishes, and the write goes through (found in review: 42804 reached the CRM)."""
+    database.execute('DROP EVENT TRIGGER crm_realtime_ddl')
+    with database.connect() as crm:
+        crm.execute("INSERT INTO prospects (organization_id, firstname, phone) VALUES (1, 'a', '1')")
+        crm.execute("UPDATE prospects SET firstname = 'a2'")
+        crm.execute("DELETE FROM prospects WHERE firstname = 'nobody'")
+        database.execute('ALTER TABLE prospects ALTER COLUMN organization_id TYPE bigint')
+        database.execute('ALTER TABLE prospects ALTER COLUMN phone TYPE varchar(40)')
+        mark = _last_id(database)
+        crm.execute("UPDATE prospects SET firstname = 'a3', phone = '2'")
+        crm.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'b')")
+        crm.execute("DELETE FROM prospects WHERE firstname = 'a3'")
+    rows = _journal_after(database, mark)
+    assert [(op, org) for op, org, _ in rows] == [('updated', '1'), ('created', '1'), ('deleted', '1')]
+    assert rows[0][2]['firstname'] == 'a3' and rows[0][2]['phone'] == '2'
+
+
+def test_a_char_n_organization_is_one_organization_on_every_path(database):
+    """The organization is published as the JSON path spells it (to_jsonb(row)->>org): a
+    char(n) keeps its padding on created, updated, deleted and compact rows alike."""
+    database.execute('CREATE TABLE leads (id int PRIMARY KEY, org char(8), firstname text, lastname text, '
+                     'email text, phone text, status text, source text, notes text, created_at timestamptz, '
+                     'updated_at timestamptz, internal_score int)')
+    database.execute("SELECT crm_realtime.watch('leads', 'prospect', 'org')")
+    database.execute("INSERT INTO leads (id, org, firstname) VALUES (1, 'acme', 'Ada')")
+    database.execute("UPDATE leads SET firstname = 'Ada2'")
+    database.execute('DELETE FROM leads')
+    database.execute("INSERT INTO leads (id, org, firstname) SELECT i, 'acme', 'L' || i "
+                     "FROM generate_series(10, 209) AS i")
+    orgs = database.execute("SELECT op, organization_id FROM crm_realtime.journal ORDER BY id")
+    assert orgs == [('created', 'acme    '), ('updated', 'acme    '), ('deleted', 'acme    '),
+                    ('created_many', 'acme    ')]
+    # the compact row expands for that organization
+    (n,) = database.execute("SELECT count(*) FROM crm_realtime.journal AS j, "
+                            "crm_realtime.expand(j.organization_id, j.data) WHERE j.op = 'created_many'")[0]
+    assert n == 200
+
+
+def test_a_column_dropped_then_added_back_is_published_again(database):
+    """A mapped column missing when the function was (re)written is still named by it, so
+    it is read again once it is back (before that, the JSON path publishes it as null)."""
+    database.execute('DROP EVENT TRIGGER crm_realtime_ddl')
+    pid = database.insert_prospect(1)
+    database.execute('ALTER TABLE prospects DROP COLUMN phone')
+    database.execute('SELECT * FROM crm_realtime.repair()')
+    mark = _last_id(database)
+    database.execute("UPDATE prospects SET firstname = 'Grace' WHERE id = %s", [pid])
+    [(_, _, data)] = _journal_after(database, mark)
+    assert data['phone'] is None and data['firstname'] == 'Grace'
+    database.execute('ALTER TABLE prospects ADD COLUMN phone varchar(30)')
+    mark = _last_id(database)
+    database.execute("UPDATE prospects SET phone = '777' WHERE id = %s", [pid])
+    database.execute("INSERT INTO prospects (organization_id, firstname, phone) VALUES (1, 'New', '888')")
+    rows = _journal_after(database, mark)
+    assert [(op, d['phone']) for op, _, d in rows] == [('updated', '777'), ('created', '888')]

@@ -62,29 +62,6 @@ BEGIN
     END IF;
 END
 $$;
--- No index on "recorded_at": prune() finds its cut by walking the primary key
--- in txid order until the first row young enough to keep (min(txid) WHERE
--- recorded_at >= ..., which PostgreSQL runs as that index scan), so its cost is
--- the rows it deletes. Versions before this one had a BRIN index there, which
--- cost every journal row it indexed (measured with callgrind: 13k instructions
--- per journal INSERT, 26k of each INSERT + UPDATE transaction); it is dropped
--- here, unless the journal stays busy for 5 s, in which case it stays (harmless)
--- and the next run of this file drops it.
-DO $$
-DECLARE
-    v_timeout text := pg_catalog.current_setting('lock_timeout');
-BEGIN
-    IF pg_catalog.to_regclass('"crm_realtime"."journal_recorded_at_brin"') IS NOT NULL THEN
-        BEGIN
-            PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
-            DROP INDEX "crm_realtime"."journal_recorded_at_brin";
-        EXCEPTION WHEN lock_not_available THEN
-            RAISE NOTICE 'crm_realtime: the journal stayed busy for 5 s, so index journal_recorded_at_brin stays (it only costs each journal write a little): run install.sql again later to drop it';
-        END;
-        PERFORM pg_catalog.set_config('lock_timeout', v_timeout, true);
-    END IF;
-END
-$$;
 COMMENT ON TABLE "crm_realtime"."journal" IS
     'One row per published change of a watched table; pruned by crm_realtime.prune()';
 
@@ -232,7 +209,9 @@ $$;
 -- is only ever evaluated inside a block that catches undefined_column, whose
 -- handler falls back to the JSON row (_payload_sql), so a column renamed or
 -- dropped since this was generated costs a fallback, never a failed write. A
--- column missing when this is generated is published as null, as there.
+-- mapped column missing when this is generated is named all the same: it
+-- fails, so the JSON path publishes it as null until it is back, and then it is
+-- read directly again.
 CREATE OR REPLACE FUNCTION "crm_realtime"."_payload_direct_sql"(p_table regclass, p_fields jsonb,
                                                                  p_kind text, p_rec text)
 RETURNS text LANGUAGE plpgsql STABLE AS $$
@@ -251,7 +230,7 @@ BEGIN
         END IF;
         v_out := v_out || CASE WHEN v_out = '' THEN '' ELSE ', ' END || format('%L, ', v_field)
             || CASE
-                WHEN v_type IS NULL THEN 'NULL'
+                WHEN v_col IS NULL THEN 'NULL'
                 -- a timestamp without time zone is taken as UTC, exactly as _payload_sql
                 -- does it (the JSON text of the value, then the offset)
                 WHEN v_type = 'timestamp'::regtype
@@ -263,6 +242,22 @@ BEGIN
 END
 $$;
 
+-- The organization of a record, as text, read directly: the text the JSON
+-- path gives (to_jsonb(row)->>org), so events of one organization never land
+-- under two names. For the types whose text form is that text (integers,
+-- numeric, uuid, text, varchar, boolean), the cast; for any other (a char(n)
+-- keeps its padding in JSON, dates and times are spelt differently), through
+-- to_jsonb.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_org_sql"(p_table regclass, p_org name, p_rec text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN (SELECT atttypid FROM pg_catalog.pg_attribute
+                       WHERE attrelid = p_table AND attname = p_org AND attnum > 0 AND NOT attisdropped)
+                     IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype,
+                         'uuid'::regtype, 'text'::regtype, 'varchar'::regtype, 'bool'::regtype)
+                THEN format('%s.%I::text', p_rec, p_org)
+                ELSE format('(pg_catalog.to_jsonb(%s.%I) #>> ''{}'')', p_rec, p_org) END
+$$;
+
 -- The columns the direct payload of p_rec reads, and the organization column:
 -- what the INSERT trigger prepares a query of before reading them directly.
 CREATE OR REPLACE FUNCTION "crm_realtime"."_columns_sql"(p_table regclass, p_fields jsonb,
@@ -272,10 +267,7 @@ RETURNS text LANGUAGE sql STABLE AS $$
       FROM (SELECT p_org::text AS c
             UNION
             SELECT f.value #>> '{}' FROM pg_catalog.jsonb_each(p_fields) AS f
-             WHERE f.value #>> '{}' IS NOT NULL
-               AND EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
-                            WHERE a.attrelid = p_table AND a.attname = f.value #>> '{}'
-                              AND a.attnum > 0 AND NOT a.attisdropped)) AS cols
+             WHERE f.value #>> '{}' IS NOT NULL) AS cols
 $$;
 
 -- True when no published column differs between NEW and OLD, read straight
@@ -294,9 +286,7 @@ DECLARE
 BEGIN
     FOREACH v_field IN ARRAY "crm_realtime"."event_fields"(p_kind) LOOP
         v_col := p_fields ->> v_field;
-        CONTINUE WHEN v_col IS NULL OR v_field = 'id' OR NOT EXISTS (
-            SELECT FROM pg_catalog.pg_attribute
-             WHERE attrelid = p_table AND attname = v_col AND attnum > 0 AND NOT attisdropped);
+        CONTINUE WHEN v_col IS NULL OR v_field = 'id';
         v_new := v_new || CASE WHEN v_new = '' THEN '' ELSE ', ' END || format('NEW.%I', v_col);
         v_old := v_old || CASE WHEN v_old = '' THEN '' ELSE ', ' END || format('OLD.%I', v_col);
     END LOOP;
@@ -479,12 +469,12 @@ BEGIN
         BEGIN
             PERFORM %13$s FROM crm_realtime_new AS t LIMIT 0;
             v_direct := true;
-        EXCEPTION WHEN undefined_column THEN
+        EXCEPTION WHEN OTHERS THEN
             v_direct := false;
         END;
         IF v_direct THEN
             INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-            SELECT 'prospect', 'created', t.%1$I::text, %12$s
+            SELECT 'prospect', 'created', %16$s, %12$s
               FROM crm_realtime_new AS t
              WHERE t.%1$I IS NOT NULL
                AND NOT EXISTS (SELECT FROM crm_realtime_new OFFSET (
@@ -517,7 +507,7 @@ BEGIN
             BEGIN
                 -- the two columns read directly: no row-to-JSON conversion per row
                 INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-                SELECT 'prospect', 'created_many', t.%1$I::text,
+                SELECT 'prospect', 'created_many', %16$s,
                        pg_catalog.jsonb_build_object('table', %7$s, %9$s)
                   FROM crm_realtime_new AS t
                  WHERE t.%1$I IS NOT NULL
@@ -542,13 +532,16 @@ BEGIN
         IF v_rows = 0 THEN RETURN NULL; END IF;
     ELSIF TG_OP = 'UPDATE' THEN
         -- Row triggers read the columns straight from NEW and OLD (fast path).
-        -- Nothing in the block writes, so it never takes a subtransaction id;
-        -- a column renamed or dropped since this function was written fails
-        -- only here (undefined_column), and the handler does the same through
-        -- the rows as JSON, which cannot fail: the CRM's write goes through.
+        -- Nothing in the block writes, so it never takes a subtransaction id,
+        -- and any error in it is caught (WHEN OTHERS, which never catches a
+        -- cancel): a column renamed or dropped since this function was written
+        -- (undefined_column), or retyped under a session that had prepared the
+        -- old type (datatype_mismatch, until it reconnects). The handler does
+        -- the same through the rows as JSON, which cannot fail: the CRM's write
+        -- goes through.
         BEGIN
-            v_org := NEW.%1$I::text;
-            v_old_org := OLD.%1$I::text;
+            v_org := %14$s;
+            v_old_org := %15$s;
             v_moved := v_org IS DISTINCT FROM v_old_org
                        OR NOT pg_catalog.record_image_eq(ROW(NEW.%2$I), ROW(OLD.%2$I));
             IF v_moved THEN
@@ -557,7 +550,7 @@ BEGIN
             ELSIF v_org IS NOT NULL AND NOT (%11$s) THEN
                 p := %10$s;
             END IF;
-        EXCEPTION WHEN undefined_column THEN
+        EXCEPTION WHEN OTHERS THEN
             n := pg_catalog.to_jsonb(NEW);
             o := pg_catalog.to_jsonb(OLD);
             v_org := n->>%1$L;
@@ -589,9 +582,9 @@ BEGIN
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
         BEGIN
-            v_old_org := OLD.%1$I::text;
+            v_old_org := %15$s;
             k := pg_catalog.to_jsonb(OLD.%2$I);
-        EXCEPTION WHEN undefined_column THEN
+        EXCEPTION WHEN OTHERS THEN
             o := pg_catalog.to_jsonb(OLD);
             v_old_org := o->>%1$L;
             k := o->%2$L;
@@ -602,11 +595,11 @@ BEGIN
     ELSE
         -- a row-level INSERT (a partition: see _create_triggers)
         BEGIN
-            v_org := NEW.%1$I::text;
+            v_org := %14$s;
             IF v_org IS NOT NULL THEN
                 p := %10$s;
             END IF;
-        EXCEPTION WHEN undefined_column THEN
+        EXCEPTION WHEN OTHERS THEN
             n := pg_catalog.to_jsonb(NEW);
             v_org := n->>%1$L;
             p := %3$s;
@@ -628,7 +621,10 @@ $f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set, p_table::oid,
           ELSE format($k$'keys', pg_catalog.array_agg(t.%I)::text$k$, w."pk_column") END,
      v_new_direct, v_old_direct,
      "crm_realtime"."_payload_direct_sql"(p_table, w."fields", w."kind", 't'),
-     "crm_realtime"."_columns_sql"(p_table, w."fields", w."org_column", 't'));
+     "crm_realtime"."_columns_sql"(p_table, w."fields", w."org_column", 't'),
+     "crm_realtime"."_org_sql"(p_table, w."org_column", 'NEW'),
+     "crm_realtime"."_org_sql"(p_table, w."org_column", 'OLD'),
+     "crm_realtime"."_org_sql"(p_table, w."org_column", 't'));
     ELSE
         v_body := format($f$
 DECLARE
@@ -748,35 +744,43 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     w "crm_realtime"."watched_table"%ROWTYPE;
     v_trigger name;
+    -- PostgreSQL 14 and later replace a trigger in place (CREATE OR REPLACE
+    -- TRIGGER: a SHARE ROW EXCLUSIVE lock, which lets the CRM's reads go on);
+    -- before, it is dropped (ACCESS EXCLUSIVE) and created again
+    v_create text := CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000
+                          THEN 'CREATE OR REPLACE TRIGGER' ELSE 'CREATE TRIGGER' END;
 BEGIN
     SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
-    FOR v_trigger IN SELECT tgname FROM pg_catalog.pg_trigger
-                      WHERE tgrelid = p_table AND NOT tgisinternal
-                        AND tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
-                                       'crm_realtime_capture_delete') LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
-    END LOOP;
+    IF v_create = 'CREATE TRIGGER' THEN
+        FOR v_trigger IN SELECT tgname FROM pg_catalog.pg_trigger
+                          WHERE tgrelid = p_table AND NOT tgisinternal
+                            AND tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                                           'crm_realtime_capture_delete') LOOP
+            EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
+        END LOOP;
+    END IF;
     -- INSERT: once per statement, over the statement's new rows (a transition
     -- table), so a 10,000-row import is one INSERT ... SELECT into the journal,
     -- not 10,000 function calls. Except on a partition: an INSERT through its
     -- partitioned parent fires only the parent's statement triggers, so a
     -- partition gets the row-level trigger (as does anything refusing
     -- transition tables).
+    v_trigger := NULL;
     IF NOT (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table) THEN
         BEGIN
             EXECUTE format(
-                'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS crm_realtime_new '
+                '%s %I AFTER INSERT ON %s REFERENCING NEW TABLE AS crm_realtime_new '
                 'FOR EACH STATEMENT EXECUTE FUNCTION "crm_realtime".%I()',
-                'crm_realtime_capture', p_table, w."function_name");
+                v_create, 'crm_realtime_capture', p_table, w."function_name");
+            v_trigger := 'crm_realtime_capture';
         EXCEPTION WHEN feature_not_supported OR wrong_object_type THEN
             NULL;
         END;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                    WHERE tgrelid = p_table AND tgname = 'crm_realtime_capture') THEN
+    IF v_trigger IS NULL THEN
         EXECUTE format(
-            'CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture', p_table, w."function_name");
+            '%s %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
+            v_create, 'crm_realtime_capture', p_table, w."function_name");
     END IF;
     IF w."kind" = 'prospect' THEN
         -- No WHEN clause: the function compares the published columns anyway,
@@ -785,11 +789,11 @@ BEGIN
         -- was 26k instructions of each single-row UPDATE, against a few for an
         -- UPDATE that changes nothing to run the function's own test).
         EXECUTE format(
-            'CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture_update', p_table, w."function_name");
+            '%s %I AFTER UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
+            v_create, 'crm_realtime_capture_update', p_table, w."function_name");
         EXECUTE format(
-            'CREATE TRIGGER %I AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
-            'crm_realtime_capture_delete', p_table, w."function_name");
+            '%s %I AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION "crm_realtime".%I()',
+            v_create, 'crm_realtime_capture_delete', p_table, w."function_name");
     END IF;
 END
 $$;
@@ -1204,15 +1208,27 @@ CREATE TABLE IF NOT EXISTS "crm_realtime"."calendly_event_seen" (
 DO $$
 DECLARE
     w "crm_realtime"."watched_table"%ROWTYPE;
+    v_timeout text;
 BEGIN
     FOR w IN SELECT * FROM "crm_realtime"."watched_table"
               WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "relation") LOOP
         -- tolerant of columns that went away (unlike watch(), which a DBA calls)
         PERFORM "crm_realtime"."revalidate"(w."relation");
-        -- triggers of an older version (a WHEN clause naming columns, a row-level
-        -- INSERT trigger) are replaced
+        -- triggers of an older version (a WHEN clause, a row-level INSERT
+        -- trigger) are replaced, if the table's lock comes within 200 ms: while
+        -- the replacement waits for a CRM transaction in flight, the CRM's writes
+        -- queue behind it (and one that holds the journal could deadlock with
+        -- this file). The older triggers work with the new function meanwhile;
+        -- the next run of this file replaces them.
         IF NOT "crm_realtime"."_triggers_current"(w."relation", w."kind") THEN
-            PERFORM "crm_realtime"."_create_triggers"(w."relation");
+            v_timeout := pg_catalog.current_setting('lock_timeout');
+            BEGIN
+                PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
+                PERFORM "crm_realtime"."_create_triggers"(w."relation");
+            EXCEPTION WHEN lock_not_available THEN
+                RAISE NOTICE 'crm_realtime: % was busy, so its triggers of an older version stay (they work, a little slower): run install.sql again later to replace them', w."relation";
+            END;
+            PERFORM pg_catalog.set_config('lock_timeout', v_timeout, true);
         END IF;
     END LOOP;
     IF to_regclass('public.prospects') IS NULL THEN
@@ -1227,6 +1243,33 @@ BEGIN
                       WHERE "relation" = 'public.notifications'::regclass) THEN
         PERFORM "crm_realtime"."watch"('public.notifications', 'notification', 'organization_id',
                                        p_user_column => 'user_id');
+    END IF;
+END
+$$;
+
+-- No index on "recorded_at": prune() finds its cut by walking the primary key
+-- in txid order until the first row young enough to keep (min(txid) WHERE
+-- recorded_at >= ..., which PostgreSQL runs as that index scan), so its cost is
+-- the rows it deletes. Versions before this one had a BRIN index there, which
+-- cost every journal row it indexed (measured with callgrind: 13k instructions
+-- per journal INSERT, 26k of each INSERT + UPDATE transaction); it is dropped
+-- here, last (so the journal is locked from here to COMMIT only, after this
+-- file has taken its other locks, in the order a CRM write takes them), and
+-- only if the lock comes within 200 ms: while DROP INDEX waits, the CRM's
+-- journal writes queue behind it. A busy journal keeps the index (harmless)
+-- until the next run of this file.
+DO $$
+DECLARE
+    v_timeout text := pg_catalog.current_setting('lock_timeout');
+BEGIN
+    IF pg_catalog.to_regclass('"crm_realtime"."journal_recorded_at_brin"') IS NOT NULL THEN
+        BEGIN
+            PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
+            DROP INDEX "crm_realtime"."journal_recorded_at_brin";
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE NOTICE 'crm_realtime: the journal was busy, so index journal_recorded_at_brin stays (it only costs each journal write a little): run install.sql again later to drop it';
+        END;
+        PERFORM pg_catalog.set_config('lock_timeout', v_timeout, true);
     END IF;
 END
 $$;
