@@ -375,3 +375,37 @@ def test_upgrade_with_crm_transactions_in_flight_never_deadlocks_nor_stalls_them
     database.execute(sql_text('install.sql'))      # nobody in flight now
     assert database.execute("SELECT crm_realtime._triggers_current('prospects', 'prospect')") == [(True,)]
     assert database.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'journal_recorded_at_brin'") == [(0,)]
+
+
+def test_a_cast_of_a_table_owner_never_runs_with_the_superuser_installers_rights(database):
+    """Our SECURITY DEFINER functions turn column values into JSON or text, which calls
+    any cast the owner of a column's type defined. Installed by a superuser, they run as
+    role crm_realtime_capture (journal rows and the watched tables only): the owner of a
+    watched table cannot have its cast run as the superuser (found in review)."""
+    owner = f'crm_rt_owner_{database.name[-8:]}'
+    database.execute(f'CREATE ROLE "{owner}" LOGIN')
+    try:
+        database.execute(f'GRANT CREATE ON SCHEMA public TO "{owner}"')
+        with database.connect() as conn:
+            conn.execute(f'SET ROLE "{owner}"')
+            conn.execute("CREATE TYPE orgcode AS ENUM ('acme')")
+            # what runs: who am I, and am I a superuser
+            conn.execute("CREATE FUNCTION org_json(orgcode) RETURNS json LANGUAGE sql AS "
+                         "$$ SELECT to_json(current_user || ':' || (SELECT rolsuper FROM pg_roles "
+                         "WHERE rolname = current_user)::text) $$")
+            conn.execute('CREATE CAST (orgcode AS json) WITH FUNCTION org_json(orgcode)')
+            conn.execute('CREATE TABLE leads (id int PRIMARY KEY, org orgcode, firstname text, lastname text, '
+                         'email text, phone text, status text, source text, notes text, '
+                         'created_at timestamptz, updated_at timestamptz)')
+        database.execute("SELECT crm_realtime.watch('leads', 'prospect', 'org')")
+        with database.connect() as conn:
+            conn.execute(f'SET ROLE "{owner}"')
+            conn.execute("INSERT INTO leads (id, org, firstname) VALUES (1, 'acme', 'Ada')")
+            conn.execute("UPDATE leads SET firstname = 'Grace'")
+        orgs = [r[0] for r in database.execute('SELECT DISTINCT organization_id FROM crm_realtime.journal')]
+        assert orgs == ['crm_realtime_capture:false'], orgs
+    finally:
+        database.execute('DROP TABLE IF EXISTS leads')
+        database.execute('DROP CAST IF EXISTS (orgcode AS json)')
+        database.execute(f'DROP OWNED BY "{owner}" CASCADE')
+        database.execute(f'DROP ROLE "{owner}"')

@@ -30,6 +30,31 @@ BEGIN;
 CREATE SCHEMA IF NOT EXISTS "crm_realtime";
 COMMENT ON SCHEMA "crm_realtime" IS 'crm-realtime change capture; remove with sql/uninstall.sql';
 
+-- The role our SECURITY DEFINER capture and expansion functions run as when a
+-- superuser installs: they turn the CRM's column values into JSON or text,
+-- which calls any cast the owner of a column's type defined (CREATE CAST ...
+-- WITH FUNCTION). As the installer, such a cast would run with a superuser's
+-- rights; as this role it can only write journal rows and read the watched
+-- tables. NOLOGIN, no other right; shared by the databases of the cluster (a
+-- role is per cluster), left by uninstall.sql while another database uses it.
+-- A non-superuser install keeps its functions as its own: they then run with
+-- the rights of the table owner who installed, which no cast can raise.
+DO $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'crm_realtime_capture') THEN
+        BEGIN
+            CREATE ROLE "crm_realtime_capture" NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;    -- another database's install created it meanwhile
+        END;
+    END IF;
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        GRANT USAGE ON SCHEMA "crm_realtime" TO "crm_realtime_capture";
+    END IF;
+END
+$$;
+
 -- The journal. The sidecar reads it by transaction snapshot, not by id: ids are
 -- taken inside the writing transaction, so id order is not commit order. "txid"
 -- lets a reader ask "which rows were not yet visible in the snapshot I last read
@@ -64,6 +89,16 @@ END
 $$;
 COMMENT ON TABLE "crm_realtime"."journal" IS
     'One row per published change of a watched table; pruned by crm_realtime.prune()';
+DO $$
+BEGIN
+    IF pg_catalog.to_regrole('crm_realtime_capture') IS NOT NULL
+       AND (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        -- the columns a trigger writes; never txid, id or recorded_at
+        GRANT INSERT ("kind", "op", "organization_id", "user_id", "data")
+            ON "crm_realtime"."journal" TO "crm_realtime_capture";
+    END IF;
+END
+$$;
 
 -- A large row (100 KB of notes) is copied into "data" inside the CRM's write;
 -- lz4 compresses it several times faster than the default pglz (measured: the
@@ -360,6 +395,25 @@ END
 $$;
 
 -- (Re)writes a watched table's trigger function from its watched_table row with
+-- Hand a generated SECURITY DEFINER function to crm_realtime_capture (see the
+-- role's comment at the top), with SELECT on its table when it reads it (the
+-- expansion functions). Only a superuser install does: a non-superuser's
+-- functions stay its own.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_hand_to_capture_role"(p_function regprocedure,
+                                                                  p_table regclass, p_reads boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_catalog.to_regrole('crm_realtime_capture') IS NULL
+       OR NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        RETURN;
+    END IF;
+    IF p_reads THEN
+        EXECUTE format('GRANT SELECT ON %s TO "crm_realtime_capture"', p_table);
+    END IF;
+    EXECUTE format('ALTER FUNCTION %s OWNER TO "crm_realtime_capture"', p_function);
+END
+$$;
+
 -- CREATE OR REPLACE: same function, so the triggers and their locks are untouched.
 CREATE OR REPLACE FUNCTION "crm_realtime"."_generate"(p_table regclass)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -668,6 +722,8 @@ $f$, w."org_column",
         'CREATE OR REPLACE FUNCTION "crm_realtime".%I() RETURNS trigger LANGUAGE plpgsql '
         'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', w."function_name", v_body);
     EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I() FROM PUBLIC', w."function_name");
+    PERFORM "crm_realtime"."_hand_to_capture_role"(
+        format('"crm_realtime".%I()', w."function_name")::regprocedure, p_table, false);
 
     -- Its companion for compact rows ('created_many', prospects only), called by
     -- the sidecar through crm_realtime.expand() when it reads one: the current
@@ -719,6 +775,9 @@ $e$, p_table::oid, coalesce(v_attnum, 0), v_set, w."org_column");
             "crm_realtime"."_expand_name"(w."function_name"), v_body);
         EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I(text, text[]) FROM PUBLIC',
                        "crm_realtime"."_expand_name"(w."function_name"));
+        PERFORM "crm_realtime"."_hand_to_capture_role"(
+            format('"crm_realtime".%I(text, text[])', "crm_realtime"."_expand_name"(w."function_name"))::regprocedure,
+            p_table, true);
     END IF;
 
     -- Record what the function was written for.

@@ -6,7 +6,9 @@
 --   * the event triggers "crm_realtime_ddl" / "crm_realtime_drop" (a superuser's:
 --     when install.sql ran as one, run this as one too),
 --   * the schema "crm_realtime" with its journal, state, registry and functions
---     (including the sidecar's own tables kept there, e.g. Calendly connections).
+--     (including the sidecar's own tables kept there, e.g. Calendly connections),
+--   * role "crm_realtime_capture" (a superuser's install), once no other
+--     database of the cluster uses it.
 -- Host tables, their columns and their rows are not touched.
 --
 --   psql -v ON_ERROR_STOP=1 -d CRM -f sql/uninstall.sql
@@ -40,5 +42,25 @@ END
 $$;
 
 DROP SCHEMA IF EXISTS "crm_realtime" CASCADE;
+
+-- The role a superuser's install runs our functions as (see install.sql): its
+-- rights in this database go (SELECT on the watched tables), and the role
+-- itself when no other database of the cluster still uses it.
+DO $$
+BEGIN
+    IF pg_catalog.to_regrole('crm_realtime_capture') IS NOT NULL THEN
+        BEGIN
+            DROP OWNED BY "crm_realtime_capture";
+            BEGIN
+                DROP ROLE "crm_realtime_capture";
+            EXCEPTION WHEN dependent_objects_still_exist THEN
+                RAISE NOTICE 'crm_realtime: role crm_realtime_capture stays: another database of this cluster still uses it';
+            END;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'crm_realtime: role crm_realtime_capture stays (only a superuser may drop it)';
+        END;
+    END IF;
+END
+$$;
 
 COMMIT;
