@@ -380,7 +380,7 @@ def test_upgrade_with_crm_transactions_in_flight_never_deadlocks_nor_stalls_them
 def test_a_cast_of_a_table_owner_never_runs_with_the_superuser_installers_rights(database):
     """Our SECURITY DEFINER functions turn column values into JSON or text, which calls
     any cast the owner of a column's type defined. Installed by a superuser, they run as
-    role crm_realtime_capture (journal rows and the watched tables only): the owner of a
+    role crm_realtime_definer (journal rows and the watched tables only): the owner of a
     watched table cannot have its cast run as the superuser (found in review)."""
     owner = f'crm_rt_owner_{database.name[-8:]}'
     database.execute(f'CREATE ROLE "{owner}" LOGIN')
@@ -403,9 +403,23 @@ def test_a_cast_of_a_table_owner_never_runs_with_the_superuser_installers_rights
             conn.execute("INSERT INTO leads (id, org, firstname) VALUES (1, 'acme', 'Ada')")
             conn.execute("UPDATE leads SET firstname = 'Grace'")
         orgs = [r[0] for r in database.execute('SELECT DISTINCT organization_id FROM crm_realtime.journal')]
-        assert orgs == ['crm_realtime_capture:false'], orgs
+        assert orgs == ['crm_realtime_definer:false'], orgs
     finally:
         database.execute('DROP TABLE IF EXISTS leads')
         database.execute('DROP CAST IF EXISTS (orgcode AS json)')
         database.execute(f'DROP OWNED BY "{owner}" CASCADE')
         database.execute(f'DROP ROLE "{owner}"')
+
+
+def test_uninstall_takes_the_definer_roles_rights_here_and_leaves_the_role(database):
+    """The role belongs to the cluster (another database may be installing with it right
+    now): uninstall.sql revokes what it holds in this database and leaves it."""
+    assert database.execute("SELECT proowner::regrole::text FROM pg_proc "
+                            "WHERE proname = 'capture_prospects'") == [('crm_realtime_definer',)]
+    assert database.execute("SELECT has_table_privilege('crm_realtime_definer', 'prospects', 'SELECT')") == [(True,)]
+    database.execute(sql_text('uninstall.sql'))
+    assert database.execute("SELECT has_table_privilege('crm_realtime_definer', 'prospects', 'SELECT')") == [(False,)]
+    assert database.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'crm_realtime_definer'") == [(1,)]
+    database.execute(sql_text('install.sql'))
+    pid = database.insert_prospect(1)
+    assert database.execute("SELECT count(*) FROM crm_realtime.journal WHERE data->>'id' = %s", [pid]) == [(1,)]

@@ -7,8 +7,8 @@
 --     when install.sql ran as one, run this as one too),
 --   * the schema "crm_realtime" with its journal, state, registry and functions
 --     (including the sidecar's own tables kept there, e.g. Calendly connections),
---   * role "crm_realtime_capture" (a superuser's install), once no other
---     database of the cluster uses it.
+--   * the rights of role "crm_realtime_definer" here (a superuser's install;
+--     the role itself stays: it belongs to the cluster).
 -- Host tables, their columns and their rows are not touched.
 --
 --   psql -v ON_ERROR_STOP=1 -d CRM -f sql/uninstall.sql
@@ -44,20 +44,18 @@ $$;
 DROP SCHEMA IF EXISTS "crm_realtime" CASCADE;
 
 -- The role a superuser's install runs our functions as (see install.sql): its
--- rights in this database go (SELECT on the watched tables), and the role
--- itself when no other database of the cluster still uses it.
+-- rights in this database go (SELECT on the watched tables). The role itself
+-- stays (NOLOGIN, and now without a right here): roles belong to the cluster,
+-- another database may be installing with it at this very moment, and dropping
+-- it under that install would fail it. Once no database uses it, a superuser
+-- may DROP ROLE crm_realtime_definer.
 DO $$
 BEGIN
-    IF pg_catalog.to_regrole('crm_realtime_capture') IS NOT NULL THEN
+    IF pg_catalog.to_regrole('crm_realtime_definer') IS NOT NULL THEN
         BEGIN
-            DROP OWNED BY "crm_realtime_capture";
-            BEGIN
-                DROP ROLE "crm_realtime_capture";
-            EXCEPTION WHEN dependent_objects_still_exist THEN
-                RAISE NOTICE 'crm_realtime: role crm_realtime_capture stays: another database of this cluster still uses it';
-            END;
+            DROP OWNED BY "crm_realtime_definer";
         EXCEPTION WHEN insufficient_privilege THEN
-            RAISE NOTICE 'crm_realtime: role crm_realtime_capture stays (only a superuser may drop it)';
+            RAISE NOTICE 'crm_realtime: the rights of role crm_realtime_definer in this database stay (only a superuser may drop them)';
         END;
     END IF;
 END

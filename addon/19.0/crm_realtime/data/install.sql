@@ -36,21 +36,22 @@ COMMENT ON SCHEMA "crm_realtime" IS 'crm-realtime change capture; remove with sq
 -- WITH FUNCTION). As the installer, such a cast would run with a superuser's
 -- rights; as this role it can only write journal rows and read the watched
 -- tables. NOLOGIN, no other right; shared by the databases of the cluster (a
--- role is per cluster), left by uninstall.sql while another database uses it.
+-- role is per cluster); uninstall.sql takes its rights in a database away and
+-- leaves the role.
 -- A non-superuser install keeps its functions as its own: they then run with
 -- the rights of the table owner who installed, which no cast can raise.
 DO $$
 BEGIN
     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
-       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'crm_realtime_capture') THEN
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'crm_realtime_definer') THEN
         BEGIN
-            CREATE ROLE "crm_realtime_capture" NOLOGIN;
+            CREATE ROLE "crm_realtime_definer" NOLOGIN;
         EXCEPTION WHEN duplicate_object OR unique_violation THEN
             NULL;    -- another database's install created it meanwhile
         END;
     END IF;
     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        GRANT USAGE ON SCHEMA "crm_realtime" TO "crm_realtime_capture";
+        GRANT USAGE ON SCHEMA "crm_realtime" TO "crm_realtime_definer";
     END IF;
 END
 $$;
@@ -91,11 +92,11 @@ COMMENT ON TABLE "crm_realtime"."journal" IS
     'One row per published change of a watched table; pruned by crm_realtime.prune()';
 DO $$
 BEGIN
-    IF pg_catalog.to_regrole('crm_realtime_capture') IS NOT NULL
+    IF pg_catalog.to_regrole('crm_realtime_definer') IS NOT NULL
        AND (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
         -- the columns a trigger writes; never txid, id or recorded_at
         GRANT INSERT ("kind", "op", "organization_id", "user_id", "data")
-            ON "crm_realtime"."journal" TO "crm_realtime_capture";
+            ON "crm_realtime"."journal" TO "crm_realtime_definer";
     END IF;
 END
 $$;
@@ -395,22 +396,22 @@ END
 $$;
 
 -- (Re)writes a watched table's trigger function from its watched_table row with
--- Hand a generated SECURITY DEFINER function to crm_realtime_capture (see the
+-- Hand a generated SECURITY DEFINER function to crm_realtime_definer (see the
 -- role's comment at the top), with SELECT on its table when it reads it (the
 -- expansion functions). Only a superuser install does: a non-superuser's
 -- functions stay its own.
-CREATE OR REPLACE FUNCTION "crm_realtime"."_hand_to_capture_role"(p_function regprocedure,
+CREATE OR REPLACE FUNCTION "crm_realtime"."_hand_to_definer_role"(p_function regprocedure,
                                                                   p_table regclass, p_reads boolean)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF pg_catalog.to_regrole('crm_realtime_capture') IS NULL
+    IF pg_catalog.to_regrole('crm_realtime_definer') IS NULL
        OR NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
         RETURN;
     END IF;
     IF p_reads THEN
-        EXECUTE format('GRANT SELECT ON %s TO "crm_realtime_capture"', p_table);
+        EXECUTE format('GRANT SELECT ON %s TO "crm_realtime_definer"', p_table);
     END IF;
-    EXECUTE format('ALTER FUNCTION %s OWNER TO "crm_realtime_capture"', p_function);
+    EXECUTE format('ALTER FUNCTION %s OWNER TO "crm_realtime_definer"', p_function);
 END
 $$;
 
@@ -722,7 +723,7 @@ $f$, w."org_column",
         'CREATE OR REPLACE FUNCTION "crm_realtime".%I() RETURNS trigger LANGUAGE plpgsql '
         'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', w."function_name", v_body);
     EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I() FROM PUBLIC', w."function_name");
-    PERFORM "crm_realtime"."_hand_to_capture_role"(
+    PERFORM "crm_realtime"."_hand_to_definer_role"(
         format('"crm_realtime".%I()', w."function_name")::regprocedure, p_table, false);
 
     -- Its companion for compact rows ('created_many', prospects only), called by
@@ -775,7 +776,7 @@ $e$, p_table::oid, coalesce(v_attnum, 0), v_set, w."org_column");
             "crm_realtime"."_expand_name"(w."function_name"), v_body);
         EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I(text, text[]) FROM PUBLIC',
                        "crm_realtime"."_expand_name"(w."function_name"));
-        PERFORM "crm_realtime"."_hand_to_capture_role"(
+        PERFORM "crm_realtime"."_hand_to_definer_role"(
             format('"crm_realtime".%I(text, text[])', "crm_realtime"."_expand_name"(w."function_name"))::regprocedure,
             p_table, true);
     END IF;
