@@ -123,6 +123,25 @@ _READ_SINCE_FOR = _numbered(READ_SINCE_FOR_SQL, 'since', 'orgs')
 _READ_BETWEEN = _numbered(READ_BETWEEN_SQL, 'since', 'upto', 'orgs')
 
 
+#: the last snapshots the reads below returned (PostgreSQL's own text): a position the
+#: listener hands back is one of them, and is not parsed again (``_valid``)
+_returned: List[str] = ['', '', '']
+
+
+def _snapshot(result) -> str:
+    snap = result.get_value(0, 0).decode()
+    _returned.pop(0)
+    _returned.append(snap)
+    return snap
+
+
+def _valid(text: str) -> bool:
+    for known in _returned:
+        if text is known:
+            return True
+    return valid_snapshot(text)
+
+
 def _changes(result, first: int, encoding: str) -> List[Change]:
     """The rows of a text-format ``result`` whose journal id (column ``first``) is set, as
     Changes: columns id, kind, op, organization_id, user_id, data (JSON text, decoded
@@ -145,21 +164,21 @@ def _changes(result, first: int, encoding: str) -> List[Change]:
 async def current_snapshot(chan) -> str:
     """The current snapshot (``chan``: the listener's pgchannel.Channel)."""
     result = (await chan.simple(CURRENT_SNAPSHOT_SQL))[-1]
-    return result.get_value(0, 0).decode()
+    return _snapshot(result)
 
 
 async def reader_snapshot(chan) -> str:
     """The current snapshot, failing like a journal read when the journal cannot be read."""
     result = await chan.prepared('reader_snapshot', READER_SNAPSHOT_SQL, ())
-    return result.get_value(0, 0).decode()
+    return _snapshot(result)
 
 
 async def read_since(chan, since: str) -> Tuple[str, List[Change]]:
     """Rows committed after snapshot ``since``; returns (new snapshot, changes)."""
-    if not valid_snapshot(since):
+    if not _valid(since):
         raise ValueError(f'not a snapshot position: {since!r}')
     result = await chan.prepared('read_since', _READ_SINCE, (since.encode(),))
-    return result.get_value(0, 0).decode(), _changes(result, 1, chan.encoding)
+    return _snapshot(result), _changes(result, 1, chan.encoding)
 
 
 @functools.lru_cache(maxsize=16)
@@ -176,17 +195,17 @@ def _text_array(orgs: frozenset) -> str:
 async def read_since_for(chan, since: str, orgs) -> Tuple[str, int, List[Change]]:
     """Like ``read_since``, only the rows of organizations ``orgs`` (text ids); returns
     (new snapshot, rows the range holds for every organization, changes)."""
-    if not valid_snapshot(since):
+    if not _valid(since):
         raise ValueError(f'not a snapshot position: {since!r}')
     result = await chan.prepared('read_since_for', _READ_SINCE_FOR,
                                  (since.encode(), _text_array(frozenset(orgs)).encode(chan.encoding)))
-    return (result.get_value(0, 0).decode(), int(result.get_value(0, 1)),
+    return (_snapshot(result), int(result.get_value(0, 1)),
             _changes(result, 2, chan.encoding))
 
 
 async def read_between(chan, since: str, upto: str, orgs) -> List[Change]:
     """The changes of organizations ``orgs`` visible in ``upto`` and not in ``since``."""
-    if not (valid_snapshot(since) and valid_snapshot(upto)):
+    if not (_valid(since) and _valid(upto)):
         raise ValueError(f'not snapshot positions: {since!r}, {upto!r}')
     result = await chan.prepared('read_between', _READ_BETWEEN,
                                  (since.encode(), upto.encode(), _text_array(frozenset(orgs)).encode(chan.encoding)))
