@@ -15,7 +15,9 @@ public ``add_reader``/``call_later``:
   says ``not is_busy()``), or, between queries, wakes the task waiting for a
   notification (``wait``). Notifications read during a query are flagged
   (``notified``), so a wake-up is never lost: the NOTIFY is only a wake-up,
-  its payload is not needed;
+  its payload is not needed. That includes one libpq parses while the
+  results are collected (sent just after the query's end and read with it):
+  it is taken from libpq after every query and before every wait;
 * statements are prepared once per connection under names of our own
   (``crm_rt_*``; psycopg's are ``_pg3_*``), with ``$n`` parameters sent and
   results received as text: the caller decodes the few columns it reads with
@@ -133,6 +135,8 @@ class Channel:
         ``timeout``: False after the timeout, True otherwise. A notification taken in
         earlier (``notified``) returns True at once, and is cleared."""
         self._check()
+        while self.pgconn.notifies() is not None:     # parsed, not yet taken (see _results)
+            self.notified = True
         if self.notified:
             self.notified = False
             return True
@@ -177,6 +181,11 @@ class Channel:
                 if result is None:
                     break
                 results.append(result)
+            # What followed the query's end in the same read (a NOTIFY sent just after
+            # its ReadyForQuery) was parsed by is_busy/get_result, not by the reader's
+            # notifies(): take it now, or the wake-up waits in libpq for the idle timer
+            while pgconn.notifies() is not None:
+                self.notified = True
         except Exception as exc:
             if not isinstance(exc, psycopg.Error) or self.error is None:
                 self._fail(exc)

@@ -116,3 +116,44 @@ async def test_the_socket_reader_is_registered_once_not_per_query(database, monk
         chan.close()
         await conn.close()
     assert calls == ['add_reader', 'remove_reader']
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_notification_parsed_with_a_querys_result_is_not_lost(database):
+    """A notification of the session's own transaction comes in the same packet as the
+    query's end: libpq parses it while the results are collected. It must still wake
+    the next wait at once (a lost one waited for the idle timer: 5 s in a benchmark)."""
+    conn, chan = await _channel(database)
+    try:
+        await chan.simple('LISTEN crm_realtime')
+        for _ in range(3):
+            await chan.simple("SELECT pg_notify('crm_realtime', '')")
+            assert await asyncio.wait_for(chan.wait(5), 1) is True
+        assert await chan.wait(0.2) is False            # and nothing left over
+    finally:
+        chan.close()
+        await conn.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_notification_read_behind_a_querys_end_is_not_lost(database):
+    """Another session's notification, sent just after the query's ReadyForQuery, read
+    off the socket together with it: libpq parses it while the results are collected,
+    not when the reader asks for notifications. It must still wake the next wait at once
+    (a lost one waits for the idle timer, listener_check_seconds)."""
+    import time
+    conn, chan = await _channel(database)
+    try:
+        await chan.simple('LISTEN crm_realtime')
+        for _ in range(3):
+            query = asyncio.ensure_future(chan.simple('SELECT 1'))
+            await asyncio.sleep(0)                          # sent
+            time.sleep(0.2)     # the loop is blocked: the query ends, its end waits unread
+            database.execute("SELECT pg_notify('crm_realtime', '')")   # sent behind it
+            time.sleep(0.1)
+            await query         # both are read in one go
+            assert await asyncio.wait_for(chan.wait(5), 1) is True
+        assert await chan.wait(0.2) is False            # and nothing left over
+    finally:
+        chan.close()
+        await conn.close()
