@@ -186,9 +186,12 @@ class Channel:
             # notifies(): take it now, or the wake-up waits in libpq for the idle timer
             while pgconn.notifies() is not None:
                 self.notified = True
-        except Exception as exc:
-            if not isinstance(exc, psycopg.Error) or self.error is None:
-                self._fail(exc)
+        except asyncio.CancelledError:
+            # abandoned with its results unread: the connection cannot run another query
+            self._fail(psycopg.OperationalError('a query was abandoned'))
+            raise
+        except Exception as exc:    # the connection broke (or timed out): it is unusable
+            self._fail(exc)
             # an error result before the connection broke says more than the break
             for result in results:
                 if result.status == _FATAL:
