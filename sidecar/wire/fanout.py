@@ -29,6 +29,11 @@ rest. What it does differently from ``AsyncServer.emit``:
   ``IOStream.write`` makes per call (about a fifth of the fan-out's CPU in a
   py-spy profile). Whatever the kernel does not take goes through
   ``IOStream.write``, behind nothing, so bytes stay in order;
+* each event's socket.io text is encoded once, as one string (``event_text``:
+  what socketio's ``Packet.encode`` gives, compared at start-up; otherwise the
+  library's packets are used), not as a socketio and an engine.io packet
+  object; a packet object is made only for a socket whose engine.io queue
+  takes it;
 * a websocket whose unsent backlog passes ``SIDECAR_MAX_BACKLOG_BYTES`` (a
   client that stopped reading) is closed at once, its backlog dropped,
   instead of holding memory without bound. The client reconnects and gets
