@@ -32,7 +32,7 @@ SELECT pg_catalog.pg_current_snapshot()::text,
 # One statement, so the returned snapshot is the one the rows were read with.
 # The upper bound on txid changes no result (a row visible in the statement's
 # snapshot has a txid below its xmax) but gives the planner a bounded range:
-# psycopg prepares a statement run five times, and with a one-sided range on a
+# the listener runs it as a prepared statement (pgchannel.py), and with a one-sided range on a
 # parameter PostgreSQL's generic plan guessed a third of the journal, so it
 # kept planning every read afresh (measured: 345-435 µs of backend CPU per
 # read of 20 rows, 170-210 µs with the bound).
@@ -53,7 +53,7 @@ _COLUMNS = """j.id, j.kind, CASE WHEN x.part IS NULL THEN j.op ELSE 'created' EN
 # One statement, so the returned snapshot is the one the rows were read with.
 # The upper bound on txid changes no result (a row visible in the statement's
 # snapshot has a txid below its xmax) but gives the planner a bounded range:
-# psycopg prepares a statement run five times, and with a one-sided range on a
+# the listener runs it as a prepared statement (pgchannel.py), and with a one-sided range on a
 # parameter PostgreSQL's generic plan guessed a third of the journal, so it
 # kept planning every read afresh (measured: 345-435 µs of backend CPU per
 # read of 20 rows, 170-210 µs with the bound).
