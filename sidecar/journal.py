@@ -32,7 +32,7 @@ SELECT pg_catalog.pg_current_snapshot()::text,
 # One statement, so the returned snapshot is the one the rows were read with.
 # The upper bound on txid changes no result (a row visible in the statement's
 # snapshot has a txid below its xmax) but gives the planner a bounded range:
-# psycopg prepares a statement run five times, and with a one-sided range on a
+# the listener runs it as a prepared statement (pgchannel.py), and with a one-sided range on a
 # parameter PostgreSQL's generic plan guessed a third of the journal, so it
 # kept planning every read afresh (measured: 345-435 µs of backend CPU per
 # read of 20 rows, 170-210 µs with the bound).
@@ -53,7 +53,7 @@ _COLUMNS = """j.id, j.kind, CASE WHEN x.part IS NULL THEN j.op ELSE 'created' EN
 # One statement, so the returned snapshot is the one the rows were read with.
 # The upper bound on txid changes no result (a row visible in the statement's
 # snapshot has a txid below its xmax) but gives the planner a bounded range:
-# psycopg prepares a statement run five times, and with a one-sided range on a
+# the listener runs it as a prepared statement (pgchannel.py), and with a one-sided range on a
 # parameter PostgreSQL's generic plan guessed a third of the journal, so it
 # kept planning every read afresh (measured: 345-435 µs of backend CPU per
 # read of 20 rows, 170-210 µs with the bound).
@@ -109,55 +109,104 @@ def valid_snapshot(text: object) -> bool:
     return bool(m) and int(m.group(1)) <= int(m.group(2))
 
 
-async def current_snapshot(conn) -> str:
-    cur = await conn.execute(CURRENT_SNAPSHOT_SQL)
-    return (await cur.fetchone())[0]
+def _numbered(sql: str, *names: str) -> str:
+    """``sql`` with its ``%(name)s`` placeholders as libpq's ``$n``, in the order given."""
+    for n, name in enumerate(names, 1):
+        sql = sql.replace(f'%({name})s', f'${n}')
+    assert '%(' not in sql, sql
+    return sql
 
 
-async def reader_snapshot(conn) -> str:
+# The statements as the listener's channel (pgchannel.py) prepares them
+_READ_SINCE = _numbered(READ_SINCE_SQL, 'since')
+_READ_SINCE_FOR = _numbered(READ_SINCE_FOR_SQL, 'since', 'orgs')
+_READ_BETWEEN = _numbered(READ_BETWEEN_SQL, 'since', 'upto', 'orgs')
+
+
+#: the last snapshots the reads below returned (PostgreSQL's own text): a position the
+#: listener hands back is one of them, and is not parsed again (``_valid``)
+_returned: List[str] = ['', '', '']
+
+
+def _snapshot(result) -> str:
+    snap = result.get_value(0, 0).decode()
+    _returned.pop(0)
+    _returned.append(snap)
+    return snap
+
+
+def _valid(text: str) -> bool:
+    for known in _returned:
+        if text is known:
+            return True
+    return valid_snapshot(text)
+
+
+def _changes(result, first: int, encoding: str) -> List[Change]:
+    """The rows of a text-format ``result`` whose journal id (column ``first``) is set, as
+    Changes: columns id, kind, op, organization_id, user_id, data (JSON text, decoded
+    only if routed), recorded_at, part, from ``first`` on."""
+    value = result.get_value
+    changes = []
+    for i in range(result.ntuples):
+        jid = value(i, first)
+        if jid is None:
+            continue
+        user, part = value(i, first + 4), value(i, first + 7)
+        changes.append(Change(
+            int(jid), value(i, first + 1).decode(encoding), value(i, first + 2).decode(encoding),
+            value(i, first + 3).decode(encoding), None if user is None else user.decode(encoding),
+            value(i, first + 5).decode(encoding), float(value(i, first + 6)),
+            None if part is None else int(part)))
+    return changes
+
+
+async def current_snapshot(chan) -> str:
+    """The current snapshot (``chan``: the listener's pgchannel.Channel)."""
+    result = (await chan.simple(CURRENT_SNAPSHOT_SQL))[-1]
+    return _snapshot(result)
+
+
+async def reader_snapshot(chan) -> str:
     """The current snapshot, failing like a journal read when the journal cannot be read."""
-    cur = await conn.execute(READER_SNAPSHOT_SQL)
-    return (await cur.fetchone())[0]
+    result = await chan.prepared('reader_snapshot', READER_SNAPSHOT_SQL, ())
+    return _snapshot(result)
 
 
-async def read_since(conn, since: str) -> Tuple[str, List[Change]]:
+async def read_since(chan, since: str) -> Tuple[str, List[Change]]:
     """Rows committed after snapshot ``since``; returns (new snapshot, changes)."""
-    if not valid_snapshot(since):
+    if not _valid(since):
         raise ValueError(f'not a snapshot position: {since!r}')
-    cur = await conn.execute(READ_SINCE_SQL, {'since': since})
-    rows = await cur.fetchall()
-    snapshot = rows[0][0]
-    changes = [Change(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows if r[1] is not None]
-    return snapshot, changes
+    result = await chan.prepared('read_since', _READ_SINCE, (since.encode(),))
+    return _snapshot(result), _changes(result, 1, chan.encoding)
 
 
 @functools.lru_cache(maxsize=16)
 def _text_array(orgs: frozenset) -> str:
     """``orgs`` as a text[] literal, built once per set of organizations.
 
-    psycopg would dump a Python list afresh for every read, testing each element
-    for characters to quote: with 50 organizations, most of the sidecar's CPU
-    for a one-row read. The set somebody needs rarely changes between reads."""
+    Dumping a list afresh for every read, testing each element for characters to
+    quote, was with 50 organizations most of the sidecar's CPU for a one-row read.
+    The set somebody needs rarely changes between reads."""
     quoted = ('"' + o.replace('\\', '\\\\').replace('"', '\\"') + '"' for o in sorted(orgs))
     return '{' + ','.join(quoted) + '}'
 
 
-async def read_since_for(conn, since: str, orgs) -> Tuple[str, int, List[Change]]:
+async def read_since_for(chan, since: str, orgs) -> Tuple[str, int, List[Change]]:
     """Like ``read_since``, only the rows of organizations ``orgs`` (text ids); returns
     (new snapshot, rows the range holds for every organization, changes)."""
-    if not valid_snapshot(since):
+    if not _valid(since):
         raise ValueError(f'not a snapshot position: {since!r}')
-    cur = await conn.execute(READ_SINCE_FOR_SQL, {'since': since, 'orgs': _text_array(frozenset(orgs))})
-    rows = await cur.fetchall()
-    first = rows[0]
-    changes = [Change(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows if r[2] is not None]
-    return first[0], first[1], changes
+    result = await chan.prepared('read_since_for', _READ_SINCE_FOR,
+                                 (since.encode(), _text_array(frozenset(orgs)).encode(chan.encoding)))
+    return (_snapshot(result), int(result.get_value(0, 1)),
+            _changes(result, 2, chan.encoding))
 
 
-async def read_between(conn, since: str, upto: str, orgs) -> List[Change]:
+async def read_between(chan, since: str, upto: str, orgs) -> List[Change]:
     """The changes of organizations ``orgs`` visible in ``upto`` and not in ``since``."""
-    if not (valid_snapshot(since) and valid_snapshot(upto)):
+    if not (_valid(since) and _valid(upto)):
         raise ValueError(f'not snapshot positions: {since!r}, {upto!r}')
-    cur = await conn.execute(READ_BETWEEN_SQL, {'since': since, 'upto': upto,
-                                                'orgs': _text_array(frozenset(orgs))})
-    return [Change(*r) for r in await cur.fetchall()]
+    result = await chan.prepared('read_between', _READ_BETWEEN,
+                                 (since.encode(), upto.encode(), _text_array(frozenset(orgs)).encode(chan.encoding)))
+    return _changes(result, 0, chan.encoding)

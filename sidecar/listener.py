@@ -4,14 +4,18 @@ Failure policy (what happens when the listener dies):
 
 * The connection is dedicated (autocommit, ``LISTEN crm_realtime``) and also
   reads the journal, so a notification can never race the read it triggers:
-  notifications that arrive during a read are kept by psycopg and seen next.
+  notifications that arrive during a read are kept and seen next. Its queries
+  run through ``pgchannel.Channel`` (libpq's asynchronous API, one reader on
+  the socket, text rows), not psycopg's ``execute``: about half the client CPU
+  per read, which is the listener's fixed cost per event.
 * A NOTIFY is only a wake-up; the journal is the truth. After every wake-up,
   and after ``listener_check_seconds`` without one, the journal is read from
   the last snapshot position, so a lost notification delays an event by at
   most that interval and never loses it.
 * Liveness: when idle, the connection is probed with ``SELECT 1`` bounded by
-  ``listener_timeout_seconds`` (a blocked ``notifies()`` never returns on its
-  own when a backend stops answering without closing); reads are bounded too.
+  ``listener_timeout_seconds`` (a wait for a notification never ends on its
+  own when a backend stops answering without closing); every query is bounded
+  too (the channel's timer closes the connection under it).
   TCP keepalives are on as a second line.
 * Any error or timeout closes the connection, sets ``ready`` to False (so
   ``/readyz`` answers 503), and reconnects after a jittered exponential
@@ -84,6 +88,7 @@ import psycopg
 
 from . import journal
 from .events import Change
+from .pgchannel import Channel
 
 log = logging.getLogger('crm_realtime.listener')
 
@@ -136,24 +141,6 @@ def _change_id(change: Change) -> int:
     return change.id
 
 
-def _swallow(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _drain(conn: psycopg.AsyncConnection) -> bool:
-    """Take the notifications that can be had without waiting; True if there were any."""
-    got = False
-    async for _ in conn.notifies(timeout=0):
-        got = True
-    return got
-
-
 OnChanges = Callable[[str, str, List[Change]], Awaitable[None]]
 
 
@@ -166,6 +153,7 @@ class Listener:
         self._on_changes: Optional[OnChanges] = None
         self._metrics = metrics
         self._conn: Optional[psycopg.AsyncConnection] = None
+        self._chan: Optional[Channel] = None     # how every query on _conn runs (pgchannel.py)
         self._stopping = False
         self._wake = asyncio.Event()
         self.ready = False
@@ -178,9 +166,6 @@ class Listener:
         self.reads = 0
         self.following = False     # True while the lock is released (reading anyway)
         self._advanced = asyncio.Event()
-        self._readable: Optional[asyncio.Future] = None   # what _notified sleeps on
-        self._handled = None           # the connection _on_notify is registered with
-        self._pending_notify = False   # a notification came in during a query
         self._attempt = 0
         self._in_progress: Tuple[int, ...] = ()   # transactions running at the last read
         self._started_since = False                # of those, some began after the read before
@@ -223,8 +208,8 @@ class Listener:
 
     def wake(self) -> None:
         """Somebody became interested or nobody is any more: look again now, not at the timer."""
-        if self._readable is not None:
-            _resolve(self._readable)
+        if self._chan is not None:
+            self._chan.wake()
 
     async def fresh(self, timeout: Optional[float] = None) -> None:
         """While dormant, move the position to the current snapshot (one small query) and
@@ -286,8 +271,7 @@ class Listener:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._readable is not None:
-            _resolve(self._readable)
+        self.wake()
         await self._close()
 
     def explain(self, exc: BaseException) -> Optional[str]:
@@ -312,20 +296,19 @@ class Listener:
             self._url, autocommit=True, application_name='crm-realtime listener',
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
             connect_timeout=max(2, int(self._timeout))), timeout=self._timeout + 2)
-        conn = self._conn
-        conn.add_notify_handler(self._on_notify)     # before LISTEN: nothing goes to psycopg's backlog
-        self._handled = conn
-        await self._bounded(conn.execute(f'LISTEN "{CHANNEL}"'))
+        # from here on every query runs through the channel, which reads the socket
+        conn = self._chan = Channel(self._conn, self._timeout)
+        await conn.simple(f'LISTEN "{CHANNEL}"')
         # waiting for wake-ups from here on (the catch-up read in _serve comes after)
         self.following = True
         await self._take(conn)
         if self.position is None:
-            self.position = await self._bounded(journal.current_snapshot(conn))
+            self.position = await journal.current_snapshot(conn)
         self.ready = True
         log.info('listening on channel %s', CHANNEL)
 
     async def _serve(self) -> None:
-        conn = self._conn
+        conn = self._chan
         await self._read(catch_up=True)     # whatever committed while we were away
         # writers that probed before the lock was taken at connect did not notify
         self._watch = frozenset(self._in_progress)
@@ -373,7 +356,7 @@ class Listener:
                 if self._stopping:
                     return
                 if not woke and not self._watch:
-                    await self._bounded(conn.execute('SELECT 1'))
+                    await conn.simple('SELECT 1')
             if self._stopping:
                 return
             await self._read()
@@ -419,28 +402,27 @@ class Listener:
                 if woke:
                     self._refresh = True   # a recovery check here waits for the position to move
                 else:
-                    await self._bounded(conn.execute('SELECT 1'))
+                    await conn.simple('SELECT 1')
                 if time.monotonic() - self._mapping_at >= self.mapping_check_seconds:
                     await self._check_mapping(conn)
         finally:
             self.dormant = False
 
-    async def _take(self, conn) -> bool:
-        cur = await self._bounded(conn.execute('SELECT pg_catalog.pg_try_advisory_lock_shared(%s, %s)',
-                                               LOCK_KEY))
-        self.following = not (await cur.fetchone())[0]
+    async def _take(self, conn: Channel) -> bool:
+        result = (await conn.simple('SELECT pg_catalog.pg_try_advisory_lock_shared(%d, %d)' % LOCK_KEY))[-1]
+        self.following = result.get_value(0, 0) != b't'
         return not self.following
 
-    async def _release(self, conn) -> None:
-        await self._bounded(conn.execute('SELECT pg_catalog.pg_advisory_unlock_shared(%s, %s)', LOCK_KEY))
+    async def _release(self, conn: Channel) -> None:
+        await conn.simple('SELECT pg_catalog.pg_advisory_unlock_shared(%d, %d)' % LOCK_KEY)
         self.following = True
 
     async def _check_mapping(self, conn) -> None:
         """Read crm_realtime.mapping_status; a failure here never takes the listener down."""
         self._mapping_at = time.monotonic()
         try:
-            cur = await self._bounded(conn.execute(MAPPING_SQL))
-            problems = [row[0] for row in await cur.fetchall()]
+            result = (await conn.simple(MAPPING_SQL))[-1]
+            problems = [conn.text(result.get_value(i, 0)) for i in range(result.ntuples)]
         except psycopg.errors.UndefinedTable:
             problems = None
             note = 'crm_realtime.mapping_status does not exist: run sql/install.sql again to get it'
@@ -468,86 +450,55 @@ class Listener:
             self._mapping_gauge.set(len(problems))
 
 
-    def _on_notify(self, _notify) -> None:
-        """psycopg's notify handler: called for a notification taken in during any query."""
-        self._pending_notify = True
-        if self._readable is not None:
-            _resolve(self._readable)
-
-    async def _notified(self, conn: psycopg.AsyncConnection, timeout: float) -> bool:
-        """True when a notification (or anything else from the server) came within ``timeout``.
+    async def _notified(self, conn: Channel, timeout: float) -> bool:
+        """True when a notification (or anything else from the server) came within ``timeout``,
+        or ``wake()`` was called.
 
         Not ``conn.notifies(timeout=...)``: while it waits, psycopg wakes every
         100 ms to poll its socket, ten times a second on an idle sidecar; and
-        even with ``timeout=0`` each call costs tens of µs of locking and
-        generator set-up, twice per wake-up. Instead a notify handler
-        (``add_notify_handler``, registered here once per connection, after
-        taking what psycopg kept before it existed) flags the notifications
-        psycopg takes in during queries; otherwise the task sleeps until the
-        socket is readable, ``stop()`` or ``wake()`` is called, or ``timeout``
-        passes, and then consumes the input with libpq's ``consume_input`` and
-        ``notifies``. A closed or broken connection shows up as readable, and
-        ``consume_input`` raises, which the run loop handles.
+        each call costs tens of µs of locking and generator set-up. The channel
+        (pgchannel.py) keeps one reader on the socket: a notification taken in
+        during a query is flagged and returns at once; otherwise the task sleeps
+        until the socket is readable, ``stop()`` or ``wake()`` is called, or
+        ``timeout`` passes. A closed or broken connection shows up as readable,
+        and consuming the input raises here, which the run loop handles.
         """
-        if self._handled is not conn:
-            got = await _drain(conn)
-            conn.add_notify_handler(self._on_notify)
-            self._handled = conn
-            if got:
-                return True
-        if self._pending_notify:
-            self._pending_notify = False
-            return True
-        loop = asyncio.get_running_loop()
-        readable = self._readable = loop.create_future()
-        fd = conn.fileno()
-        loop.add_reader(fd, _resolve, readable)
-        try:
-            await asyncio.wait_for(readable, timeout)
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            self._readable = None
-            loop.remove_reader(fd)
-        if self._stopping:
-            return False
-        self._pending_notify = False
-        pgconn = conn.pgconn
-        pgconn.consume_input()
-        while pgconn.notifies() is not None:
-            pass
-        return True
+        woke = await conn.wait(timeout)
+        return woke and not self._stopping
 
     async def _read(self, catch_up: bool = False) -> None:
         before = self.position
         # A long catch-up may legitimately take longer than a probe; a live read
         # is bounded like a probe, so a backend that stops answering in the
         # middle of the follow-up reads is found as fast as an idle one.
-        timeout = self._timeout * (6 if catch_up else 1)
-        interest = self.interest
-        if interest is None:
-            after, changes = await self._bounded(journal.read_since(self._conn, before), timeout)
-            found = len(changes)
-        else:
-            orgs = frozenset(interest())
-            if orgs:
-                after, found, changes = await self._bounded(
-                    journal.read_since_for(self._conn, before, orgs), timeout)
+        # (The channel bounds each query: past the bound it closes the connection.)
+        conn = self._chan
+        conn.timeout = self._timeout * (6 if catch_up else 1)
+        try:
+            interest = self.interest
+            if interest is None:
+                after, changes = await journal.read_since(conn, before)
+                found = len(changes)
             else:
-                after = await self._bounded(journal.reader_snapshot(self._conn), timeout)
-                found, changes = 0, []
-            # Somebody started listening to (or recovering in) an organization
-            # this read left out: read the same range for it before dispatching,
-            # so the batch holds every row anybody in a room now needs.
-            missing = frozenset(interest()) - orgs
-            while missing:
-                extra = await self._bounded(
-                    journal.read_between(self._conn, before, after, missing), timeout)
-                self.supplements += 1
-                if extra:
-                    changes = sorted(changes + extra, key=_change_id)
-                orgs |= missing
+                orgs = frozenset(interest())
+                if orgs:
+                    after, found, changes = await journal.read_since_for(conn, before, orgs)
+                else:
+                    after = await journal.reader_snapshot(conn)
+                    found, changes = 0, []
+                # Somebody started listening to (or recovering in) an organization
+                # this read left out: read the same range for it before dispatching,
+                # so the batch holds every row anybody in a room now needs.
                 missing = frozenset(interest()) - orgs
+                while missing:
+                    extra = await journal.read_between(conn, before, after, missing)
+                    self.supplements += 1
+                    if extra:
+                        changes = sorted(changes + extra, key=_change_id)
+                    orgs |= missing
+                    missing = frozenset(interest()) - orgs
+        finally:
+            conn.timeout = self._timeout
         if changes:
             await self._on_changes(before, after, changes)
         self.position = after
@@ -561,32 +512,10 @@ class Listener:
         self._advanced.set()
         self._advanced = asyncio.Event()
 
-    async def _bounded(self, aw, timeout=None):
-        """Await ``aw`` for at most ``timeout``; past it, drop the connection.
-
-        Not ``asyncio.wait_for``: cancelling a psycopg query sends a cancel
-        request down the same path that stopped answering and waits for it.
-        The connection is closed under the abandoned operation instead, and
-        the operation is left to fail on its own.
-        """
-        task = asyncio.ensure_future(aw)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout or self._timeout)
-        except asyncio.CancelledError:
-            # stopping: stop() closed the connection under the operation, which
-            # fails after we are gone; collect that failure (no "never retrieved")
-            task.add_done_callback(_swallow)
-            raise
-        if task in done:
-            return task.result()
-        task.add_done_callback(_swallow)
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.pgconn.finish()        # frees the socket at once; no round trip
-        task.cancel()
-        raise TimeoutError(f'PostgreSQL did not answer within {timeout or self._timeout:g}s')
-
     async def _close(self) -> None:
+        chan, self._chan = self._chan, None
+        if chan is not None:
+            chan.close()     # the loop forgets the socket first; a query in flight raises
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:
             try:

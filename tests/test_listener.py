@@ -256,36 +256,49 @@ async def test_scheduled_jobs_interrupted_by_shutdown_end_quietly(database, make
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_notification_taken_in_during_a_query_still_wakes_the_listener(database):
-    """Between reads the listener sleeps on its socket. A NOTIFY that psycopg already
+    """Between reads the listener sleeps on its socket. A NOTIFY that the channel already
     read off the socket during a query (the journal read) must wake it at once, not
     after the idle probe interval."""
     from sidecar.listener import Listener
+    from sidecar.pgchannel import Channel
     from sidecar.settings import load_settings
     listener = Listener(load_settings(sidecar_env(database)))
     conn = await psycopg.AsyncConnection.connect(database.conninfo, autocommit=True)
+    chan = listener._chan = Channel(conn, 5)
     try:
-        await conn.execute('LISTEN crm_realtime')
+        await chan.simple('LISTEN crm_realtime')
         database.execute("SELECT pg_notify('crm_realtime', '')")
-        await conn.execute('SELECT pg_sleep(0.2)')      # the notification arrives during this query
+        await chan.simple('SELECT pg_sleep(0.2)')      # the notification arrives during this query
         loop = asyncio.get_running_loop()
         started = loop.time()
-        assert await listener._notified(conn, 5) is True
+        assert await listener._notified(chan, 5) is True
         assert loop.time() - started < 1
         # and with nothing pending it sleeps until the timeout, then says so
         started = loop.time()
-        assert await listener._notified(conn, 0.5) is False
+        assert await listener._notified(chan, 0.5) is False
         assert loop.time() - started >= 0.45
         # a notification while it sleeps wakes it
-        sleeper = asyncio.ensure_future(listener._notified(conn, 5))
+        sleeper = asyncio.ensure_future(listener._notified(chan, 5))
         await asyncio.sleep(0.2)
         database.execute("SELECT pg_notify('crm_realtime', '')")
         assert await asyncio.wait_for(sleeper, 2) is True
+        # wake() ends the sleep at once
+        sleeper = asyncio.ensure_future(listener._notified(chan, 30))
+        await asyncio.sleep(0.2)
+        listener.wake()
+        assert await asyncio.wait_for(sleeper, 2) is True
+        # a query still works after all that, and a notification during it is kept
+        database.execute("SELECT pg_notify('crm_realtime', '')")
+        await asyncio.sleep(0.2)                         # read by the channel, nobody waiting
+        assert (await chan.simple('SELECT 41 + 1'))[-1].get_value(0, 0) == b'42'
+        assert await asyncio.wait_for(listener._notified(chan, 5), 1) is True
         # stop() ends the sleep at once
-        sleeper = asyncio.ensure_future(listener._notified(conn, 30))
+        sleeper = asyncio.ensure_future(listener._notified(chan, 30))
         await asyncio.sleep(0.2)
         await listener.stop()
         assert await asyncio.wait_for(sleeper, 2) is False
     finally:
+        chan.close()
         await conn.close()
 
 

@@ -42,6 +42,9 @@ socketio (``socketio``)
   ``basic_enter_room``/``basic_leave_room``/``basic_disconnect``/``get_rooms``
   and its ``callbacks``/``pending_connect``/``pending_disconnect``: indexed
   per client so that a disconnect does not walk every room (rooms.py).
+  Not a private name but relied on: the text ``Packet.encode`` gives an EVENT
+  of namespace '/' ('2' + compact JSON), which fanout.py writes itself once per
+  event (compared with the library's at start-up: ``Fanout.lean``).
 tornado
   ``WebSocketProtocol._compressor`` (None when deflate is off: raw frames are
   then valid), ``ws_connection.stream`` (raw frames written to it; pings too,

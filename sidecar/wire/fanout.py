@@ -29,6 +29,11 @@ rest. What it does differently from ``AsyncServer.emit``:
   ``IOStream.write`` makes per call (about a fifth of the fan-out's CPU in a
   py-spy profile). Whatever the kernel does not take goes through
   ``IOStream.write``, behind nothing, so bytes stay in order;
+* each event's socket.io text is encoded once, as one string (``event_text``:
+  what socketio's ``Packet.encode`` gives, compared at start-up; otherwise the
+  library's packets are used), not as a socketio and an engine.io packet
+  object; a packet object is made only for a socket whose engine.io queue
+  takes it;
 * a websocket whose unsent backlog passes ``SIDECAR_MAX_BACKLOG_BYTES`` (a
   client that stopped reading) is closed at once, its backlog dropped,
   instead of holding memory without bound. The client reconnects and gets
@@ -46,6 +51,7 @@ by ``contract.check`` and shown in the log and ``/metrics``.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Optional
 
@@ -61,6 +67,30 @@ from .websocket import send_frame, text_frame, writable_stream
 NAMESPACE = '/'
 log = logging.getLogger('crm_realtime.fanout')
 
+#: what socketio's ``Packet.encode`` calls for the JSON part (``json.dumps(data,
+#: separators=(',', ':'))``, json being engine.io's, the stdlib's dumps), built once
+_dumps = json.JSONEncoder(separators=(',', ':')).encode
+
+
+def event_text(event: str, args: list) -> str:
+    """A socket.io EVENT packet of namespace '/' without binary parts, encoded as socketio's
+    ``Packet(EVENT, data=[event] + args, namespace='/').encode()`` does ('2' + JSON),
+    without building the packet or walking the data for bytes (JSON payloads have none).
+    ``lean_encoding_problems`` compares the two at start-up."""
+    return '2' + _dumps([event] + args)
+
+
+def lean_encoding_problems(sio) -> list:
+    """Does ``event_text`` give what the installed socketio would? (empty: yes)."""
+    samples = (('prospect:created', [{'id': '1', 'firstname': 'Zoé "Z" \\ <b>', 'n': None,
+                                      'meta': {'a': [1, 2.5, True]}}, '1:2:~1:3:~7']),
+               ('notification', [{}]), ('x', []))
+    for event, args in samples:
+        pkt = sio.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event] + args)
+        if pkt.encode() != event_text(event, args):
+            return ['socketio Packet.encode (EVENT text: "2" + compact JSON)']
+    return []
+
 
 class Fanout:
     def __init__(self, sio, metrics=None, max_backlog: int = 0, direct: bool = True):
@@ -71,6 +101,9 @@ class Fanout:
         self._metrics = metrics
         self._direct = direct
         self._websockets = sio.eio.websockets   # eio sid -> accepted tornado handler
+        #: encode events with event_text (one string per event, no packet objects)
+        self.lean = not lean_encoding_problems(sio)
+        self._emitted = {}                      # event name -> its events_emitted child
 
     def _write_frame(self, socket, eio_sid, frame) -> Optional[bool]:
         """True: written (or queued in tornado); False: not eligible; None: closed as too slow."""
@@ -110,6 +143,9 @@ class Fanout:
         if written is None:         # closed as too slow
             return False
         if not written:
+            if pkts.__class__ is str:           # lean: the socket.io text, packet made here
+                socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, pkts))
+                return True
             for p in pkts:
                 socket.queue.put_nowait(p)
         return True
@@ -142,8 +178,12 @@ class Fanout:
         if not participants:
             return 0
         args = [delivery.payload] if offset is None else [delivery.payload, offset]
-        pkts = self._encode(delivery.event, args)
-        frame = text_frame(pkts[0].encode()) if len(pkts) == 1 and not pkts[0].binary else None
+        if self.lean and self._direct:
+            pkts = event_text(delivery.event, args)      # str: see _send_now
+            frame = text_frame('4' + pkts)               # engine.io MESSAGE
+        else:
+            pkts = self._encode(delivery.event, args)
+            frame = text_frame(pkts[0].encode()) if len(pkts) == 1 and not pkts[0].binary else None
         sent = 0
         if self._direct:
             send = self._send_now
@@ -154,7 +194,10 @@ class Fanout:
             for eio_sid in list(participants.values()):
                 sent += await self._send(eio_sid, pkts, frame)
         if self._metrics:
-            self._metrics.events_emitted.labels(delivery.event).inc(sent)
+            counter = self._emitted.get(delivery.event)
+            if counter is None:
+                counter = self._emitted[delivery.event] = self._metrics.events_emitted.labels(delivery.event)
+            counter.inc(sent)
         return sent
 
     async def deliver_to_sid(self, sid: str, delivery: Delivery, offset: Optional[str] = None) -> bool:

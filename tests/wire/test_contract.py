@@ -173,6 +173,26 @@ async def test_socketio_rooms_map_sid_to_eio_sid():
          'maps namespace -> room -> {sid: eio_sid}')
 
 
+def test_socketio_event_packets_encode_as_the_lean_text():
+    """fanout.event_text writes an EVENT as socketio's Packet.encode would (and engine.io's
+    MESSAGE adds '4'): payloads of every JSON type, non-ASCII, quotes, no offset."""
+    from engineio import packet as eio_packet
+    from socketio import packet as sio_packet
+    from sidecar.wire.fanout import event_text, lean_encoding_problems
+    sio = wire.SocketServer(async_mode='tornado')
+    need(lean_encoding_problems(sio) == [], 'socketio Packet.encode', 'gives "2" + compact JSON')
+    for event, args in (('prospect:updated', [{'id': '12', 'notes': 'l\u00e0 "x" \\ \n', 'n': None,
+                                                'k': [1, -2.5e-07, True, {}]}, '5:9:6~5:10:~44.2']),
+                        ('prospect:deleted', [{'id': '1'}]), ('notification', [{'meta': {'€': []}}])):
+        pkt = sio_packet.Packet(sio_packet.EVENT, namespace='/', data=[event] + args)
+        text = event_text(event, args)
+        need(pkt.encode() == text, 'socketio Packet.encode', f'encodes {event} as "2" + compact JSON')
+        need(eio_packet.Packet(eio_packet.MESSAGE, text).encode() == '4' + text,
+             'engineio Packet.encode', 'prefixes a MESSAGE with "4"')
+    fanout = wire.Fanout(sio)
+    need(fanout.lean, 'wire Fanout.lean', 'is on with the installed socketio')
+
+
 # ------------------------------------------------------------------ tornado
 
 def test_tornado_tcpserver_accepts_through_handle_connection():
