@@ -184,37 +184,56 @@ BEGIN
 END
 $$;
 
--- The generated trigger code reads the row as JSON (to_jsonb(NEW)) and takes
--- each published column by name from it. A column renamed or dropped by a CRM
--- migration is then simply absent (the field is published as null): nothing in
--- the trigger or its function can fail at write time, and no trigger definition
--- names a column, so PostgreSQL never refuses an ALTER TABLE because of us.
--- One expression per event field, over the JSON row held in variable p_var.
-CREATE OR REPLACE FUNCTION "crm_realtime"."_payload_sql"(p_table regclass, p_fields jsonb,
-                                                          p_kind text, p_var text)
+-- The payload expression the generated functions publish: one jsonb_build_object
+-- argument pair per event field, over p_src. With p_direct, p_src is a record
+-- (NEW, or the INSERT statement's row t) and each column is read from it by
+-- name: cheap, and only ever evaluated where a failure is caught (a block that
+-- only reads, or after a query naming the same columns has prepared), with the
+-- JSON path as the fallback, so a column renamed, dropped or retyped since this
+-- was generated costs a fallback, never a failed write. Without it, p_src is a
+-- variable holding the row as JSON (to_jsonb) and each column is taken by name
+-- from it: a column that is gone is simply absent (null), so that path cannot
+-- fail at all. A mapped column missing when this is generated is named all the
+-- same: the direct read fails and the JSON path publishes null until the column
+-- is back. No trigger definition names a column, so PostgreSQL never refuses
+-- an ALTER TABLE because of us.
+CREATE OR REPLACE FUNCTION "crm_realtime"."_payload_expr"(p_table regclass, p_fields jsonb,
+                                                           p_kind text, p_src text, p_direct boolean)
 RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_field text;
     v_col   text;
+    v_value text;
     v_out   text := '';
 BEGIN
     FOREACH v_field IN ARRAY "crm_realtime"."event_fields"(p_kind) LOOP
         v_col := p_fields ->> v_field;
-        v_out := v_out || CASE WHEN v_out = '' THEN '' ELSE ', ' END || format('%L, ', v_field)
-            || CASE
-                WHEN v_col IS NULL THEN 'NULL'
-                -- A timestamp without time zone is taken as UTC (Odoo's convention), so
-                -- events always carry an offset as the contract says. Text concatenation
-                -- cannot fail whatever the column holds by the time this runs.
-                WHEN (SELECT atttypid FROM pg_catalog.pg_attribute
-                       WHERE attrelid = p_table AND attname = v_col AND attnum > 0
-                         AND NOT attisdropped) = 'timestamp'::regtype
-                    THEN format('pg_catalog.to_jsonb(((%s->>%L) || ''+00:00'')::text)', p_var, v_col)
-                ELSE format('%s->%L', p_var, v_col) END;
+        IF v_col IS NULL THEN
+            v_value := 'NULL';
+        ELSIF (SELECT atttypid FROM pg_catalog.pg_attribute
+                WHERE attrelid = p_table AND attname = v_col AND attnum > 0
+                  AND NOT attisdropped) = 'timestamp'::regtype THEN
+            -- A timestamp without time zone is taken as UTC (Odoo's convention), so
+            -- events always carry an offset as the contract says: the value's JSON
+            -- text, then the offset. Text concatenation cannot fail whatever the
+            -- column holds by the time this runs.
+            v_value := format('pg_catalog.to_jsonb((%s || ''+00:00'')::text)',
+                CASE WHEN p_direct
+                     THEN format('(pg_catalog.to_jsonb(%s.%I) OPERATOR(pg_catalog.#>>) ''{}'')', p_src, v_col)
+                     ELSE format('(%s->>%L)', p_src, v_col) END);
+        ELSIF p_direct THEN
+            v_value := format('%s.%I', p_src, v_col);
+        ELSE
+            v_value := format('%s->%L', p_src, v_col);
+        END IF;
+        v_out := v_out || CASE WHEN v_out = '' THEN '' ELSE ', ' END || format('%L, ', v_field) || v_value;
     END LOOP;
     RETURN 'pg_catalog.jsonb_build_object(' || v_out || ')';
 END
 $$;
+-- the two it replaces (versions of this session before it)
+DROP FUNCTION IF EXISTS "crm_realtime"."_payload_sql"(regclass, jsonb, text, text);
+DROP FUNCTION IF EXISTS "crm_realtime"."_payload_direct_sql"(regclass, jsonb, text, text);
 
 -- True when no published field differs between the JSON rows n and o (of a
 -- prospect): one comparison per mapped column's JSON value, stopping at the
@@ -235,46 +254,6 @@ BEGIN
             || format('n->%1$L IS NOT DISTINCT FROM o->%1$L', v_col);
     END LOOP;
     RETURN CASE WHEN v_out = '' THEN 'true' ELSE v_out END;
-END
-$$;
-
--- The same payload read straight from the record (p_rec: NEW or OLD), for the
--- fast path of the row triggers: no whole-row JSON conversion (measured with
--- callgrind on the pgbench scenario: the row-to-JSON conversions and the
--- lookups into them were a quarter of the UPDATE trigger's instructions). It
--- is only ever evaluated inside a block that catches undefined_column, whose
--- handler falls back to the JSON row (_payload_sql), so a column renamed or
--- dropped since this was generated costs a fallback, never a failed write. A
--- mapped column missing when this is generated is named all the same: it
--- fails, so the JSON path publishes it as null until it is back, and then it is
--- read directly again.
-CREATE OR REPLACE FUNCTION "crm_realtime"."_payload_direct_sql"(p_table regclass, p_fields jsonb,
-                                                                 p_kind text, p_rec text)
-RETURNS text LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_field text;
-    v_col   text;
-    v_type  oid;
-    v_out   text := '';
-BEGIN
-    FOREACH v_field IN ARRAY "crm_realtime"."event_fields"(p_kind) LOOP
-        v_col := p_fields ->> v_field;
-        v_type := NULL;
-        IF v_col IS NOT NULL THEN
-            SELECT atttypid INTO v_type FROM pg_catalog.pg_attribute
-             WHERE attrelid = p_table AND attname = v_col AND attnum > 0 AND NOT attisdropped;
-        END IF;
-        v_out := v_out || CASE WHEN v_out = '' THEN '' ELSE ', ' END || format('%L, ', v_field)
-            || CASE
-                WHEN v_col IS NULL THEN 'NULL'
-                -- a timestamp without time zone is taken as UTC, exactly as _payload_sql
-                -- does it (the JSON text of the value, then the offset)
-                WHEN v_type = 'timestamp'::regtype
-                    THEN format('pg_catalog.to_jsonb(((pg_catalog.to_jsonb(%s.%I) OPERATOR(pg_catalog.#>>) ''{}'') || ''+00:00'')::text)',
-                                p_rec, v_col)
-                ELSE format('%s.%I', p_rec, v_col) END;
-    END LOOP;
-    RETURN 'pg_catalog.jsonb_build_object(' || v_out || ')';
 END
 $$;
 
@@ -438,10 +417,10 @@ BEGIN
     IF w."relation" IS NULL THEN
         RAISE EXCEPTION 'crm_realtime: table % is not watched', p_table;
     END IF;
-    v_new := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'n');
+    v_new := "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 'n', false);
     v_old := "crm_realtime"."_unchanged_sql"(w."fields", w."kind");
-    v_set := "crm_realtime"."_payload_sql"(p_table, w."fields", w."kind", 'crm_j');
-    v_new_direct := "crm_realtime"."_payload_direct_sql"(p_table, w."fields", w."kind", 'NEW');
+    v_set := "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 'crm_j', false);
+    v_new_direct := "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 'NEW', true);
     v_old_direct := "crm_realtime"."_unchanged_direct_sql"(p_table, w."fields", w."kind");
 
     -- The wake-up, sent only when some sidecar is waiting for one. A waiting
@@ -670,7 +649,7 @@ $f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set, p_table::oid,
                       w."pk_column")
           ELSE format($k$'keys', pg_catalog.array_agg(t.%I)::text$k$, w."pk_column") END,
      v_new_direct, v_old_direct,
-     "crm_realtime"."_payload_direct_sql"(p_table, w."fields", w."kind", 't'),
+     "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 't', true),
      "crm_realtime"."_columns_sql"(p_table, w."fields", w."org_column", 't'),
      "crm_realtime"."_org_sql"(p_table, w."org_column", 'NEW'),
      "crm_realtime"."_org_sql"(p_table, w."org_column", 'OLD'),
