@@ -25,7 +25,7 @@ never reaches that user's sockets opened for another organization.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 PROSPECT_CREATED = 'prospect:created'
 PROSPECT_UPDATED = 'prospect:updated'
@@ -55,7 +55,8 @@ class Change(NamedTuple):
     """
     id: int
     kind: str                  # 'prospect' | 'notification'
-    op: str                    # 'created' | 'updated' | 'deleted' ('created_many': nothing left of a compact row)
+    op: str                    # 'created' | 'updated' | 'deleted' ('created_many' / 'updated_many':
+                               # nothing left of a compact or lean row)
     organization_id: str
     user_id: Optional[str]
     data: Any                  # dict, or its JSON text
@@ -131,3 +132,91 @@ def route(change: Change) -> List[Delivery]:
             return [Delivery(PROSPECT_DELETED, {'id': _id(data.get('id'))}, room)]
         return [Delivery(f'prospect:{change.op}', prospect_payload(data), room)]
     return [Delivery(NOTIFICATION, notification_payload(data), room)]
+
+
+#: The ops of journal rows that hold keys only (sql/install.sql): a compact row of
+#: a multi-row INSERT, and the lean rows of single INSERTs and UPDATEs. The read
+#: expands them into payloads; what it returns unexpanded had no row left.
+LEAN_OPS = {'created_many': 'created', 'updated_many': 'updated'}
+
+
+def _lean_key(data: Any) -> Optional[str]:
+    """The key of a lean row holding exactly one (as text, as to_jsonb would print it), else None."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return None
+    if not isinstance(data, dict):
+        return None
+    hexed = data.get('uuids')
+    if isinstance(hexed, str):
+        if len(hexed) != 32:
+            return None
+        h = hexed.lower()
+        return f'{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}'
+    keys = data.get('keys')
+    if isinstance(keys, str) and len(keys) > 2 and keys[0] == '{' and keys[-1] == '}':
+        inner = keys[1:-1]
+        if inner[0] != '"':
+            return None if ',' in inner else inner
+        if len(inner) < 2 or inner[-1] != '"':
+            return None
+        out, i, body = [], 0, inner[1:-1]
+        while i < len(body):
+            c = body[i]
+            if c == '\\' and i + 1 < len(body):
+                out.append(body[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                return None              # a second element
+            out.append(c)
+            i += 1
+        return ''.join(out)
+    ids = data.get('ids')
+    if isinstance(ids, list) and len(ids) == 1:
+        return _id(ids[0])
+    return None
+
+
+def fill_gone(rows: List[Any], kind_at: int, op_at: int, org_at: int, data_at: int, part_at: int) -> List[Any]:
+    """Rows of one read (journal id order) with the lean rows whose row was gone when read
+    built from the "last" payload of the deleted row that follows them in the same read.
+
+    A lean row (one key, op 'created_many' / 'updated_many') gets its payload when it is
+    read, from the row as it is then. If the row was deleted (or moved to another
+    organization) meanwhile, the read returns it unexpanded; the ``deleted`` journal row
+    written since carries the row's last published state, and is in the same read (it
+    committed before the read's snapshot, after the lean row's transaction). So every
+    event is still sent, once and in order. ``rows`` are tuples (or Changes) with the
+    given column positions; the list is returned as it is when nothing is to be done."""
+    pending = [i for i, r in enumerate(rows) if r[part_at] is None and r[op_at] in LEAN_OPS]
+    if not pending:
+        return rows
+    gone: Dict[Tuple[str, Optional[str]], List[Tuple[int, Dict[str, Any]]]] = {}
+    for i in range(pending[0] + 1, len(rows)):
+        r = rows[i]
+        if r[op_at] != 'deleted' or r[kind_at] != 'prospect':
+            continue
+        data = r[data_at]
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError:
+                continue
+        last = data.get('last') if isinstance(data, dict) else None
+        if isinstance(last, dict):
+            gone.setdefault((r[org_at], _id(data.get('id'))), []).append((i, last))
+    if not gone:
+        return rows
+    out = list(rows)
+    for i in pending:
+        r = rows[i]
+        for j, last in gone.get((r[org_at], _lean_key(r[data_at])), ()):
+            if j > i:
+                values = list(r)
+                values[op_at], values[data_at], values[part_at] = LEAN_OPS[r[op_at]], last, 1
+                out[i] = type(r)._make(values) if hasattr(type(r), '_make') else tuple(values)
+                break
+    return out

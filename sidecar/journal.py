@@ -15,7 +15,7 @@ import functools
 import re
 from typing import List, Tuple
 
-from .events import Change
+from .events import Change, fill_gone
 
 #: pg_snapshot text form; validated before it is ever cast in SQL.
 SNAPSHOT_RE = re.compile(r'^(\d{1,20}):(\d{1,20}):((?:\d{1,20})(?:,\d{1,20})*)?$')
@@ -46,8 +46,8 @@ SELECT pg_catalog.pg_current_snapshot()::text,
 # one-time filter: other rows never call the function.
 _EXPAND = """
   LEFT JOIN LATERAL (SELECT e.part, e.data FROM "crm_realtime"."expand"(j.organization_id, j.data) AS e
-                      WHERE j.op = 'created_many' OFFSET 0) AS x ON true"""
-_COLUMNS = """j.id, j.kind, CASE WHEN x.part IS NULL THEN j.op ELSE 'created' END, j.organization_id,
+                      WHERE j.op IN ('created_many', 'updated_many') OFFSET 0) AS x ON true"""
+_COLUMNS = """j.id, j.kind, CASE WHEN x.part IS NULL THEN j.op WHEN j.op = 'updated_many' THEN 'updated' ELSE 'created' END, j.organization_id,
        j.user_id, coalesce(x.data, j.data)::text, extract(epoch FROM j.recorded_at)::float8, x.part"""
 
 # One statement, so the returned snapshot is the one the rows were read with.
@@ -158,7 +158,8 @@ def _changes(result, first: int, encoding: str) -> List[Change]:
             value(i, first + 3).decode(encoding), None if user is None else user.decode(encoding),
             value(i, first + 5).decode(encoding), float(value(i, first + 6)),
             None if part is None else int(part)))
-    return changes
+    # lean rows whose row was deleted before this read: from the deleted row's "last"
+    return fill_gone(changes, 1, 2, 3, 5, 7)
 
 
 async def current_snapshot(chan) -> str:

@@ -59,7 +59,7 @@ from typing import Dict, List, Optional, Tuple
 
 import socketio
 
-from .events import Change, Delivery, route
+from .events import Change, Delivery, fill_gone, route
 from .position import Position, Snapshot, new_pid, pid_position, valid_pid
 
 from .logtag import tag
@@ -77,11 +77,11 @@ PRUNED_BELOW_SQL = 'SELECT "pruned_below"::text FROM "crm_realtime"."journal_sta
 # A compact row is expanded here as in journal.py: the payloads are the rows as
 # they are now (a later journal row, if any, follows them in the replay).
 ROUND_SQL = """
-SELECT j.id, j.txid::text, j.kind, CASE WHEN x.part IS NULL THEN j.op ELSE 'created' END,
+SELECT j.id, j.txid::text, j.kind, CASE WHEN x.part IS NULL THEN j.op WHEN j.op = 'updated_many' THEN 'updated' ELSE 'created' END,
        j.organization_id, j.user_id, coalesce(x.data, j.data), x.part
   FROM "crm_realtime"."journal" AS j
   LEFT JOIN LATERAL (SELECT e.part, e.data FROM "crm_realtime"."expand"(j.organization_id, j.data) AS e
-                      WHERE j.op = 'created_many' OFFSET 0) AS x ON true
+                      WHERE j.op IN ('created_many', 'updated_many') OFFSET 0) AS x ON true
  WHERE j.txid >= %(xmin)s::text::xid8
    AND j.txid < pg_catalog.pg_snapshot_xmax(%(to)s::pg_snapshot)
    AND pg_catalog.pg_visible_in_snapshot(j.txid, %(to)s::pg_snapshot)
@@ -207,7 +207,8 @@ class Replayer:
                     pruned = (await cur.fetchone())[0]
                     cur = await conn.execute(ROUND_SQL, {
                         'xmin': str(xmin), 'to': to, 'orgs': orgs, 'users': users})
-                    rows = await cur.fetchall()
+                    # lean rows whose row was gone: from the deleted row's "last" (events.fill_gone)
+                    rows = fill_gone(await cur.fetchall(), 2, 3, 4, 6, 7)
             finally:
                 await conn.set_autocommit(True)
         self._count_query()

@@ -150,6 +150,11 @@ CREATE TABLE IF NOT EXISTS "crm_realtime"."watched_table" (
 -- reuses one); the type, how a stale function is told from a current one.
 ALTER TABLE "crm_realtime"."watched_table"
     ADD COLUMN IF NOT EXISTS "columns" jsonb NOT NULL DEFAULT '{}';
+-- Lean capture (prospects only, off unless crm_realtime.lean() turned it on):
+-- INSERT and UPDATE journal a row's key only, and the sidecar reads the payload
+-- from the row when it reads the journal (see sql/README.md).
+ALTER TABLE "crm_realtime"."watched_table"
+    ADD COLUMN IF NOT EXISTS "lean" boolean NOT NULL DEFAULT false;
 
 -- The event fields of each kind, in contract order (the sidecar's
 -- sidecar/events.py holds the same lists; tests keep them equal).
@@ -411,6 +416,11 @@ DECLARE
     v_col   text;
     v_attnum int;
     v_keytype oid;
+    v_key_name text;
+    v_key_t text;
+    v_key_new text;
+    v_payload_insert text;
+    v_lean_insert text;
     a       record;
 BEGIN
     SELECT * INTO w FROM "crm_realtime"."watched_table" WHERE "relation" = p_table;
@@ -466,6 +476,46 @@ $n$;
      WHERE attrelid = p_table AND attname = w."pk_column" AND attnum > 0 AND NOT attisdropped;
     v_attnum := coalesce(v_attnum, (w."columns" -> 'id' ->> 'attnum')::int);
 
+    -- One key as compact rows store it (expand() reads both forms): a uuid as the
+    -- hex of its bytes, anything else as a one-element array's text.
+    v_key_name := CASE WHEN v_keytype = 'uuid'::regtype THEN 'uuids' ELSE 'keys' END;
+    v_key_t := CASE WHEN v_keytype = 'uuid'::regtype
+                    THEN format('pg_catalog.encode(pg_catalog.uuid_send(t.%I), ''hex'')', w."pk_column")
+                    ELSE format('ARRAY[t.%I]::text', w."pk_column") END;
+    v_key_new := CASE WHEN v_keytype = 'uuid'::regtype
+                      THEN format('pg_catalog.encode(pg_catalog.uuid_send(NEW.%I), ''hex'')', w."pk_column")
+                      ELSE format('ARRAY[NEW.%I]::text', w."pk_column") END;
+    -- The journal rows of an INSERT statement below the compact threshold, read
+    -- directly: a payload per row, or (lean) a key per row.
+    v_payload_insert := format($p$
+            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+            SELECT 'prospect', 'created', %3$s, %2$s
+              FROM crm_realtime_new AS t
+             WHERE t.%1$I IS NOT NULL
+               AND NOT EXISTS (SELECT FROM crm_realtime_new OFFSET v_skip);
+            GET DIAGNOSTICS v_rows = ROW_COUNT;
+$p$, w."org_column", "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 't', true),
+     "crm_realtime"."_org_sql"(p_table, w."org_column", 't'));
+    v_lean_insert := format($p$            -- Lean rows: one per new row, holding its key only (a compact row of
+            -- one key, op 'created_many'); the sidecar builds the payload when it
+            -- reads it (crm_realtime.expand()). The key of a one-row INSERT is
+            -- kept for this transaction, so that an UPDATE of the same row in
+            -- the same transaction (an ORM's create-then-write) writes nothing:
+            -- the created event is read with the row as it is then.
+            WITH r AS MATERIALIZED (
+                SELECT %3$s AS o, %4$s AS k FROM crm_realtime_new AS t
+                 WHERE t.%1$I IS NOT NULL
+                   AND NOT EXISTS (SELECT FROM crm_realtime_new OFFSET v_skip)),
+            i AS (INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+                  SELECT 'prospect', 'created_many', r.o, pg_catalog.jsonb_build_object('table', %2$s, %5$L, r.k)
+                    FROM r)
+            SELECT pg_catalog.count(*), pg_catalog.max(r.k) INTO v_rows, v_key FROM r;
+            IF v_rows = 1 THEN
+                PERFORM pg_catalog.set_config('crm_realtime.inserted', '%2$s:' || v_key, true);
+            END IF;
+$p$, w."org_column", p_table::oid, "crm_realtime"."_org_sql"(p_table, w."org_column", 't'),
+     v_key_t, v_key_name);
+
     IF w."kind" = 'prospect' THEN
         v_body := format($f$
 DECLARE
@@ -482,6 +532,7 @@ DECLARE
     v_direct boolean;
     v_skip int8;
     k jsonb;
+    q jsonb;
 BEGIN
     IF TG_LEVEL = 'STATEMENT' THEN
         -- A statement of at least crm_realtime.bulk_min_rows rows (default 100;
@@ -514,19 +565,14 @@ BEGIN
             v_direct := false;
         END;
         IF v_direct THEN
-            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-            SELECT 'prospect', 'created', %16$s, %12$s
-              FROM crm_realtime_new AS t
-             WHERE t.%1$I IS NOT NULL
-               AND NOT EXISTS (SELECT FROM crm_realtime_new OFFSET v_skip);
-        ELSE
+%22$s        ELSE
             INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
             SELECT 'prospect', 'created', crm_j->>%1$L, %6$s
               FROM (SELECT pg_catalog.to_jsonb(t) AS crm_j FROM crm_realtime_new AS t OFFSET 0) AS s
              WHERE crm_j->>%1$L IS NOT NULL
                AND NOT EXISTS (SELECT FROM crm_realtime_new OFFSET v_skip);
+            GET DIAGNOSTICS v_rows = ROW_COUNT;
         END IF;
-        GET DIAGNOSTICS v_rows = ROW_COUNT;
         IF v_rows = 0 THEN
             v_max := pg_catalog.current_setting('crm_realtime.bulk_min_rows', true);
             v_bulk := CASE WHEN v_max IS NULL THEN 100 WHEN v_max ~ '^[0-9]{1,9}$' THEN v_max::int ELSE 100 END;
@@ -576,10 +622,12 @@ BEGIN
             IF v_moved THEN
                 k := pg_catalog.to_jsonb(OLD.%2$I);
                 p := %10$s;
+                q := %20$s;
             ELSIF v_org IS NOT NULL AND NOT (%11$s) THEN
-                p := %10$s;
+                %23$s
             END IF;
         EXCEPTION WHEN OTHERS THEN
+            v_key := NULL;
             n := pg_catalog.to_jsonb(NEW);
             o := pg_catalog.to_jsonb(OLD);
             v_org := n->>%1$L;
@@ -587,22 +635,34 @@ BEGIN
             v_moved := v_org IS DISTINCT FROM v_old_org OR n->%2$L IS DISTINCT FROM o->%2$L;
             k := o->%2$L;
             p := NULL;
+            q := %21$s;
             IF v_moved OR (v_org IS NOT NULL AND NOT (%4$s)) THEN
                 p := %3$s;
             END IF;
         END;
         IF NOT v_moved THEN
-            -- p is null when no published column changed (say only internal_score): no event
-            IF p IS NULL THEN RETURN NULL; END IF;
-            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-            VALUES ('prospect', 'updated', v_org, p);
+            IF v_key IS NOT NULL THEN
+                -- inserted by this same transaction: its created row says it all
+                IF pg_catalog.current_setting('crm_realtime.inserted', true) = '%7$s:' || v_key THEN
+                    RETURN NULL;
+                END IF;
+                -- a lean row (op 'updated_many', one key): the sidecar reads the
+                -- payload with the row as it is then, like a compact row's
+                INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+                VALUES ('prospect', 'updated_many', v_org, pg_catalog.jsonb_build_object('table', %7$s, %19$L, v_key));
+            ELSE
+                -- p is null when no published column changed (say only internal_score): no event
+                IF p IS NULL THEN RETURN NULL; END IF;
+                INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+                VALUES ('prospect', 'updated', v_org, p);
+            END IF;
         ELSE
             -- moved to another organization (or its key changed): gone for the
             -- old organization, new for the new one
             IF v_org IS NULL AND v_old_org IS NULL THEN RETURN NULL; END IF;
             IF v_old_org IS NOT NULL THEN
                 INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-                VALUES ('prospect', 'deleted', v_old_org, pg_catalog.jsonb_build_object('id', k));
+                VALUES ('prospect', 'deleted', v_old_org, %24$s);
             END IF;
             IF v_org IS NOT NULL THEN
                 INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
@@ -610,17 +670,22 @@ BEGIN
             END IF;
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
+        -- A deleted row carries the row's last published state ("last", never
+        -- sent: the event is {id}): the sidecar builds the events of lean rows
+        -- written before it and read with it from that, the row being gone.
         BEGIN
             v_old_org := %15$s;
             k := pg_catalog.to_jsonb(OLD.%2$I);
+            q := %20$s;
         EXCEPTION WHEN OTHERS THEN
             o := pg_catalog.to_jsonb(OLD);
             v_old_org := o->>%1$L;
             k := o->%2$L;
+            q := %21$s;
         END;
         IF v_old_org IS NULL THEN RETURN NULL; END IF;
         INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-        VALUES ('prospect', 'deleted', v_old_org, pg_catalog.jsonb_build_object('id', k));
+        VALUES ('prospect', 'deleted', v_old_org, %24$s);
     ELSE
         -- a row-level INSERT (a partition: see _create_triggers)
         BEGIN
@@ -650,10 +715,23 @@ $f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set, p_table::oid,
           ELSE format($k$'keys', pg_catalog.array_agg(t.%I)::text$k$, w."pk_column") END,
      v_new_direct, v_old_direct,
      "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 't', true),
-     "crm_realtime"."_columns_sql"(p_table, w."fields", w."org_column", 't'),
+     CASE WHEN w."lean" THEN format('t.%I, t.%I', w."org_column", w."pk_column")
+          ELSE "crm_realtime"."_columns_sql"(p_table, w."fields", w."org_column", 't') END,
      "crm_realtime"."_org_sql"(p_table, w."org_column", 'NEW'),
      "crm_realtime"."_org_sql"(p_table, w."org_column", 'OLD'),
-     "crm_realtime"."_org_sql"(p_table, w."org_column", 't'));
+     "crm_realtime"."_org_sql"(p_table, w."org_column", 't'),
+     -- one key as the compact rows store it, from the transition table (17) and
+     -- from NEW (18), and its name in the row (19)
+     v_key_t, v_key_new, v_key_name,
+     -- the old row's payload (a deleted row's "last"), directly (20) and as JSON (21)
+     CASE WHEN w."lean" THEN "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 'OLD', true) ELSE 'NULL' END,
+     CASE WHEN w."lean" THEN "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 'o', false) ELSE 'NULL' END,
+     -- the INSERT's journal rows (22), an UPDATE's (23), a deleted row's data (24)
+     CASE WHEN w."lean" THEN v_lean_insert ELSE v_payload_insert END,
+     CASE WHEN w."lean" THEN 'v_key := ' || v_key_new || ';      -- lean: the key only'
+          ELSE 'p := ' || v_new_direct || ';' END,
+     CASE WHEN w."lean" THEN $q$pg_catalog.jsonb_build_object('id', k, 'last', q)$q$
+          ELSE $q$pg_catalog.jsonb_build_object('id', k)$q$ END);
     ELSE
         v_body := format($f$
 DECLARE
@@ -877,6 +955,7 @@ DECLARE
     v_field    text;
     v_col      text;
     v_unknown  text;
+    v_lean     boolean;
 BEGIN
     IF v_fields IS NULL THEN
         RAISE EXCEPTION 'crm_realtime.watch: kind % is not one of prospect, notification', p_kind;
@@ -918,13 +997,37 @@ BEGIN
         v_map := v_map || jsonb_build_object(v_field, v_col);
     END LOOP;
 
+    -- a table watched again keeps its capture mode (crm_realtime.lean())
+    v_lean := coalesce((SELECT "lean" FROM "crm_realtime"."watched_table" WHERE "relation" = p_table), false)
+              AND p_kind = 'prospect';
     PERFORM "crm_realtime"."unwatch"(p_table);
     INSERT INTO "crm_realtime"."watched_table"
-        ("relation", "kind", "pk_column", "org_column", "user_column", "fields", "function_name")
+        ("relation", "kind", "pk_column", "org_column", "user_column", "fields", "function_name", "lean")
     VALUES (p_table, p_kind, p_pk_column, p_org_column, p_user_column, v_map,
-            left('capture_' || replace(p_table::text, '"', ''), 63));
+            left('capture_' || replace(p_table::text, '"', ''), 63), v_lean);
     PERFORM "crm_realtime"."_generate"(p_table);
     PERFORM "crm_realtime"."_create_triggers"(p_table);
+END
+$$;
+
+-- Lean capture of a watched prospects table, on (default) or off. Lean: an
+-- INSERT or UPDATE journals the row's key only, the sidecar reads the payload
+-- from the row when it reads the journal, and an UPDATE of a row that the same
+-- transaction inserted journals nothing. Cheaper for the CRM's writes; the
+-- events' payloads are the rows as they are when read (see sql/README.md).
+-- Needs a sidecar of this version (older ones send nothing for lean rows).
+-- Rewrites the table's trigger function (no lock on the table).
+CREATE OR REPLACE FUNCTION "crm_realtime"."lean"(p_table regclass, p_on boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM "crm_realtime"."watched_table" WHERE "relation" = p_table) THEN
+        RAISE EXCEPTION 'crm_realtime.lean: table % is not watched (call crm_realtime.watch() first)', p_table;
+    END IF;
+    IF p_on AND (SELECT "kind" FROM "crm_realtime"."watched_table" WHERE "relation" = p_table) <> 'prospect' THEN
+        RAISE EXCEPTION 'crm_realtime.lean: table % is a notification source; lean capture is for prospects only', p_table;
+    END IF;
+    UPDATE "crm_realtime"."watched_table" SET "lean" = coalesce(p_on, false) WHERE "relation" = p_table;
+    PERFORM "crm_realtime"."_generate"(p_table);
 END
 $$;
 

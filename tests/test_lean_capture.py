@@ -1,0 +1,146 @@
+"""Lean capture (crm_realtime.lean()): the journal holds keys, the sidecar reads the payloads.
+
+In the journal (SQL), then end to end with a real sidecar and clients: every event
+still arrives once and in order with a whole payload, also when the row is gone by
+the time the sidecar reads its lean rows, and on recovery.
+"""
+import json
+
+import psycopg
+import pytest
+
+from sidecar.events import PROSPECT_FIELDS, Change, fill_gone, _lean_key
+
+from conftest import make_token
+
+pytestmark = pytest.mark.usefixtures('io_loop')
+
+
+def _journal(database, after=0):
+    return database.execute('SELECT id, op, organization_id, data FROM crm_realtime.journal '
+                            'WHERE id > %s ORDER BY id', [after])
+
+
+def _last_id(database):
+    return database.execute('SELECT coalesce(max(id), 0) FROM crm_realtime.journal')[0][0]
+
+
+def test_lean_rows_hold_keys_and_an_insert_then_update_in_one_transaction_is_one_row(database):
+    database.execute("SELECT crm_realtime.lean('prospects')")
+    start = _last_id(database)
+    with database.connect(autocommit=False) as conn:
+        pid = str(conn.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'Ada') "
+                               "RETURNING id").fetchone()[0])
+        conn.execute("UPDATE prospects SET status = 'contacted' WHERE id = %s", [pid])
+        conn.commit()
+    rows = _journal(database, start)
+    assert [(op, org) for _, op, org, _ in rows] == [('created_many', '1')]
+    assert _lean_key(rows[0][3]) == pid
+    # an UPDATE in a transaction of its own: one lean row; an unpublished column: none
+    start = _last_id(database)
+    database.execute("UPDATE prospects SET status = 'won' WHERE id = %s", [pid])
+    database.execute('UPDATE prospects SET internal_score = 9 WHERE id = %s', [pid])
+    rows = _journal(database, start)
+    assert [op for _, op, _, _ in rows] == ['updated_many'] and _lean_key(rows[0][3]) == pid
+    # the payload, read as the sidecar reads it: the row as it is now
+    expanded = database.execute('SELECT e.part, e.data FROM crm_realtime.expand(%s, %s::jsonb) AS e',
+                                ['1', json.dumps(rows[0][3])])
+    assert expanded[0][0] == 1 and expanded[0][1]['status'] == 'won' and expanded[0][1]['firstname'] == 'Ada'
+    # a deleted row carries the last state the lean rows before it are built from
+    start = _last_id(database)
+    database.execute('DELETE FROM prospects WHERE id = %s', [pid])
+    (_, op, _, data), = _journal(database, start)
+    assert op == 'deleted' and data['id'] == pid and data['last']['status'] == 'won'
+
+
+def test_an_insert_in_another_transaction_is_not_folded_and_lean_can_be_turned_off(database):
+    database.execute("SELECT crm_realtime.lean('prospects')")
+    pid = database.insert_prospect(1)
+    start = _last_id(database)
+    with database.connect(autocommit=False) as conn:
+        # another row inserted first in this transaction must not hide pid's update
+        conn.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'Other')")
+        conn.execute("UPDATE prospects SET status = 'lost' WHERE id = %s", [pid])
+        conn.commit()
+    assert [op for _, op, _, _ in _journal(database, start)] == ['created_many', 'updated_many']
+    # watch() again keeps the mode; lean(false) brings payload rows back
+    database.execute("SELECT crm_realtime.watch('public.prospects', 'prospect', 'organization_id')")
+    assert database.execute("SELECT lean FROM crm_realtime.watched_table "
+                            "WHERE relation = 'public.prospects'::regclass") == [(True,)]
+    database.execute("SELECT crm_realtime.lean('prospects', false)")
+    start = _last_id(database)
+    database.insert_prospect(1, firstname='Payload')
+    (_, op, _, data), = _journal(database, start)
+    assert op == 'created' and data['firstname'] == 'Payload'
+
+
+def test_lean_is_refused_for_a_notification_source_and_an_unwatched_table(database):
+    with pytest.raises(psycopg.errors.RaiseException, match='notification source'):
+        database.execute("SELECT crm_realtime.lean('notifications')")
+    database.execute('CREATE TABLE other (id int PRIMARY KEY)')
+    with pytest.raises(psycopg.errors.RaiseException, match='is not watched'):
+        database.execute("SELECT crm_realtime.lean('other')")
+
+
+def test_lean_keys_of_every_form():
+    assert _lean_key({'table': 1, 'uuids': '8E8B3B8EFB2C4FF9950562F72C36D29B'}) == \
+        '8e8b3b8e-fb2c-4ff9-9505-62f72c36d29b'
+    assert _lean_key('{"table": 1, "keys": "{42}"}') == '42'
+    assert _lean_key({'keys': '{"a,\\"b\\\\c"}'}) == 'a,"b\\c'
+    assert _lean_key({'ids': ['x']}) == 'x'
+    # more than one key (a compact row of an import) is not a lean row's
+    assert _lean_key({'uuids': 'ab' * 32}) is None
+    assert _lean_key({'keys': '{1,2}'}) is None
+    assert _lean_key({'keys': '{"a","b"}'}) is None
+    assert _lean_key('not json') is None
+
+
+def test_fill_gone_builds_a_gone_rows_events_from_the_deleted_row_that_follows():
+    last = {'id': 7, 'status': 'won'}
+    rows = [Change(1, 'prospect', 'created_many', '1', None, '{"table": 1, "keys": "{7}"}'),
+            Change(2, 'prospect', 'updated_many', '1', None, '{"table": 1, "keys": "{7}"}'),
+            Change(3, 'prospect', 'created_many', '2', None, '{"table": 1, "keys": "{7}"}'),
+            Change(4, 'prospect', 'deleted', '1', None, json.dumps({'id': 7, 'last': last}))]
+    out = fill_gone(rows, 1, 2, 3, 5, 7)
+    assert [(c.op, c.part) for c in out] == [('created', 1), ('updated', 1), ('created_many', None),
+                                             ('deleted', None)]
+    assert out[0].data == last and out[1].data == last
+    # a deleted row before the lean row is not its end; nothing lean: the same list back
+    assert fill_gone([rows[3], rows[0]], 1, 2, 3, 5, 7)[1].op == 'created_many'
+    plain = [Change(5, 'prospect', 'created', '1', None, '{}')]
+    assert fill_gone(plain, 1, 2, 3, 5, 7) is plain
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_lean_events_arrive_whole_once_and_in_order_even_when_the_row_is_gone(database, make_sidecar,
+                                                                                     clients):
+    database.execute("SELECT crm_realtime.lean('prospects')")
+    sc = await make_sidecar(database)
+    alice = await clients(sc.url, make_token(1, 11))
+    other = await clients(sc.url, make_token(2, 21))
+
+    pid = database.insert_prospect(1, firstname='Camille', notes='hello')
+    database.execute("UPDATE prospects SET status = 'contacted' WHERE id = %s", [pid])
+    database.execute('DELETE FROM prospects WHERE id = %s', [pid])
+    # created, updated and deleted in one transaction: the update is folded into the created
+    with database.connect(autocommit=False) as conn:
+        gone = str(conn.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'Brief') "
+                                "RETURNING id").fetchone()[0])
+        conn.execute("UPDATE prospects SET status = 'seen' WHERE id = %s", [gone])
+        conn.execute('DELETE FROM prospects WHERE id = %s', [gone])
+        conn.commit()
+    kept = database.insert_prospect(1, firstname='Kept')
+    database.insert_prospect(2, firstname='Marker')
+
+    events = await alice.wait_events(6)
+    assert [(e[0], e[1]['id']) for e in events] == [
+        ('prospect:created', pid), ('prospect:updated', pid), ('prospect:deleted', pid),
+        ('prospect:created', gone), ('prospect:deleted', gone), ('prospect:created', kept)]
+    created, updated = events[0][1], events[1][1]
+    assert list(created) == list(PROSPECT_FIELDS) and set(updated) == set(PROSPECT_FIELDS)
+    assert created['firstname'] == 'Camille' and created['notes'] == 'hello'
+    assert updated['status'] == 'contacted'
+    assert events[3][1]['status'] == 'seen' and events[3][1]['firstname'] == 'Brief'
+    assert events[2][1] == {'id': pid}
+    await other.wait_events(1)
+    assert [(e[0], e[1]['firstname']) for e in other.events] == [('prospect:created', 'Marker')]
