@@ -12,6 +12,8 @@ these configurations:
   off          no triggers (sql/uninstall.sql applied)
   sql          sql/install.sql of this checkout, nobody listening (a sidecar that is down)
   sql+sidecar  the same with `crm-realtime serve` of this checkout running, no client connected
+  lean ...     the same two with lean capture (crm_realtime.lean('prospects'): keys in the
+               journal, payloads built when the sidecar reads)
   base ...     the same two with install.sql and the sidecar of git ref --baseline
                (default main), so "before" and "after" come from one run
 
@@ -118,12 +120,14 @@ def journal_rows(conn):
     return conn.execute('SELECT count(*) FROM crm_realtime.journal').fetchone()[0]
 
 
-def prepare(conn, install):
+def prepare(conn, install, name=''):
     """Same start for every run: no rows, the configuration's triggers (or none)."""
     conn.execute((ROOT / 'sql/uninstall.sql').read_text())
     conn.execute('TRUNCATE prospects CASCADE')
     if install is not None:
         conn.execute(install.read_text())
+        if name.startswith('lean'):
+            conn.execute("SELECT crm_realtime.lean('prospects')")
     conn.execute('VACUUM ANALYZE prospects')
     conn.execute('CHECKPOINT')
 
@@ -169,7 +173,8 @@ def main():
 
     workdir = tempfile.mkdtemp(prefix='crm_rt_host_cost_')
     configs = [('off', None, None), ('sql', ROOT / 'sql/install.sql', None),
-               ('sql+sidecar', ROOT / 'sql/install.sql', ROOT)]
+               ('sql+sidecar', ROOT / 'sql/install.sql', ROOT),
+               ('lean', ROOT / 'sql/install.sql', None), ('lean+sidecar', ROOT / 'sql/install.sql', ROOT)]
     if args.baseline:
         base = Path(workdir) / 'baseline'
         base.mkdir()
@@ -198,7 +203,7 @@ def main():
                 for rnd in range(2):
                     order = configs if rnd == 0 else list(reversed(configs))
                     for name, install, sidecar_root in order:
-                        prepare(conn, install)
+                        prepare(conn, install, name)
                         sc = Sidecar(sidecar_root, db.url, workdir) if sidecar_root else None
                         try:
                             c0 = sc.cpu() if sc else 0
@@ -221,7 +226,7 @@ def main():
                         if sidecar_root:
                             continue       # the statement's own cost: the sidecar does not change it
                         for warm in (False, True):
-                            prepare(conn, install)
+                            prepare(conn, install, name)
                             if warm:
                                 conn.execute(BULK_SQL, [1])
                                 conn.execute(BULK_SQL, [100])

@@ -17,7 +17,7 @@ the start-up and the first calls (plan caching, PL/pgSQL compilation) taken out.
 The same count, run twice, gives the same figure to within a few hundred.
 
 Configurations: no triggers (sql/uninstall.sql state), this checkout's
-sql/install.sql, and --baseline's (a git ref; '' to skip). --split also measures
+sql/install.sql, the same with lean capture (crm_realtime.lean('prospects')), and --baseline's (a git ref; '' to skip). --split also measures
 this checkout with only the INSERT trigger and with only the UPDATE trigger.
 --bulk N counts one INSERT ... SELECT of N prospects (host_cost.py's CSV import)
 the same way: a run with it minus a run without, after the same first writes.
@@ -56,6 +56,8 @@ BULK_SQL = ("INSERT INTO prospects (organization_id, firstname, lastname, email,
 PREFILL_SQL = ("INSERT INTO prospects (organization_id, firstname, lastname, email, status, notes) "
                "SELECT mod(i, 10) + 1, 'Old' || i, 'Row', 'old' || i || '@example.com', 'won', repeat('o', 400) "
                "FROM generate_series(1, 2000) AS i")
+
+LEAN = "SELECT crm_realtime.lean('prospects');"
 
 ONLY = {
     'insert': 'DROP TRIGGER crm_realtime_capture_update ON prospects;',
@@ -161,10 +163,10 @@ def per_transaction(cluster, install, extra, n1, n2):
     return (counts[1] - counts[0]) / (n2 - n1)
 
 
-def import_cost(cluster, install, n):
+def import_cost(cluster, install, n, extra=None):
     counts = []
     for bulk in (0, n):
-        cluster.prepare(install, None)
+        cluster.prepare(install, extra)
         counts.append(cluster.count(20, bulk))
     return counts[1] - counts[0]
 
@@ -197,6 +199,8 @@ def main():
                                      capture_output=True, check=True).stdout
             subprocess.run(['tar', '-x', '-C', str(base)], input=archive, check=True)
             configs.append((f'install.sql of {args.baseline}', base / 'sql/install.sql', None))
+        # lean capture (crm_realtime.lean()): keys in the journal, payloads built when read
+        configs.append(('install.sql, lean', ROOT / 'sql/install.sql', LEAN))
         if args.split:
             configs += [('install.sql, INSERT trigger only', ROOT / 'sql/install.sql', ONLY['insert']),
                         ('install.sql, UPDATE trigger only', ROOT / 'sql/install.sql', ONLY['update'])]
@@ -216,9 +220,9 @@ def main():
         if args.bulk:
             off = None
             for name, install, extra in configs:
-                if extra is not None:
+                if extra is not None and extra != LEAN:
                     continue
-                v = import_cost(cluster, install, args.bulk)
+                v = import_cost(cluster, install, args.bulk, extra)
                 off = v if off is None else off
                 extra_txt = '' if install is None else f'   ({v / off:.2f}x)'
                 print(f'  {name:36} {v:14,.0f} instructions for one INSERT ... SELECT of {args.bulk:,} '
