@@ -97,6 +97,8 @@ BEGIN
         -- the columns a trigger writes; never txid, id or recorded_at
         GRANT INSERT ("kind", "op", "organization_id", "user_id", "data")
             ON "crm_realtime"."journal" TO "crm_realtime_definer";
+        -- lean capture: an UPDATE finds its own transaction's created row
+        GRANT SELECT ("txid", "op", "data") ON "crm_realtime"."journal" TO "crm_realtime_definer";
     END IF;
 END
 $$;
@@ -642,8 +644,13 @@ BEGIN
         END;
         IF NOT v_moved THEN
             IF v_key IS NOT NULL THEN
-                -- inserted by this same transaction: its created row says it all
-                IF pg_catalog.current_setting('crm_realtime.inserted', true) = '%7$s:' || v_key THEN
+                -- inserted by this same transaction: its created row says it all.
+                -- The setting is only a cheap first test (any session can set it):
+                -- the fold needs this transaction's own journal row of that key.
+                IF pg_catalog.current_setting('crm_realtime.inserted', true) = '%7$s:' || v_key
+                   AND EXISTS (SELECT FROM "crm_realtime"."journal" AS j
+                                WHERE j."txid" = pg_catalog.pg_current_xact_id() AND j."op" = 'created_many'
+                                  AND j."data" = pg_catalog.jsonb_build_object('table', %7$s, %19$L, v_key)) THEN
                     RETURN NULL;
                 END IF;
                 -- a lean row (op 'updated_many', one key): the sidecar reads the

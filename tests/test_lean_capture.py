@@ -144,3 +144,18 @@ async def test_lean_events_arrive_whole_once_and_in_order_even_when_the_row_is_g
     assert events[2][1] == {'id': pid}
     await other.wait_events(1)
     assert [(e[0], e[1]['firstname']) for e in other.events] == [('prospect:created', 'Marker')]
+
+
+def test_a_session_cannot_hide_its_updates_by_setting_the_folding_key_itself(database):
+    # crm_realtime.inserted is an ordinary setting: a CRM role can set it. The fold must
+    # only happen for a row this transaction's INSERT journaled, never on the setting alone.
+    database.execute("SELECT crm_realtime.lean('prospects')")
+    pid = database.insert_prospect(1)
+    oid, hexed = database.execute(
+        "SELECT 'public.prospects'::regclass::oid, encode(uuid_send(%s::uuid), 'hex')", [pid])[0]
+    start = _last_id(database)
+    with database.connect(autocommit=False) as conn:
+        conn.execute(f"SET LOCAL crm_realtime.inserted = '{oid}:{hexed}'")
+        conn.execute("UPDATE prospects SET status = 'hidden?' WHERE id = %s", [pid])
+        conn.commit()
+    assert [op for _, op, _, _ in _journal(database, start)] == ['updated_many']
