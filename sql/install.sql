@@ -535,6 +535,7 @@ DECLARE
     v_skip int8;
     k jsonb;
     q jsonb;
+    v_tx xid8;
 BEGIN
     IF TG_LEVEL = 'STATEMENT' THEN
         -- A statement of at least crm_realtime.bulk_min_rows rows (default 100;
@@ -647,9 +648,14 @@ BEGIN
                 -- inserted by this same transaction: its created row says it all.
                 -- The setting is only a cheap first test (any session can set it):
                 -- the fold needs this transaction's own journal row of that key.
-                IF pg_catalog.current_setting('crm_realtime.inserted', true) = '%7$s:' || v_key
+                -- (the transaction id as a variable: a volatile call in the query
+                -- would keep the index out and scan the whole journal)
+                IF pg_catalog.current_setting('crm_realtime.inserted', true) = '%7$s:' || v_key THEN
+                    v_tx := pg_catalog.pg_current_xact_id();
+                END IF;
+                IF v_tx IS NOT NULL
                    AND EXISTS (SELECT FROM "crm_realtime"."journal" AS j
-                                WHERE j."txid" = pg_catalog.pg_current_xact_id() AND j."op" = 'created_many'
+                                WHERE j."txid" = v_tx AND j."op" = 'created_many'
                                   AND j."data" = pg_catalog.jsonb_build_object('table', %7$s, %19$L, v_key)) THEN
                     RETURN NULL;
                 END IF;
