@@ -159,3 +159,51 @@ def test_a_session_cannot_hide_its_updates_by_setting_the_folding_key_itself(dat
         conn.execute("UPDATE prospects SET status = 'hidden?' WHERE id = %s", [pid])
         conn.commit()
     assert [op for _, op, _, _ in _journal(database, start)] == ['updated_many']
+    # nor by pointing the setting at another row after a real INSERT: the fold needs
+    # the transaction's last journal row to be the created row of the updated key
+    start = _last_id(database)
+    with database.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO prospects (organization_id, firstname) VALUES (1, 'Decoy')")
+        conn.execute(f"SET LOCAL crm_realtime.inserted = '{oid}:{hexed}'")
+        conn.execute("UPDATE prospects SET status = 'hidden again?' WHERE id = %s", [pid])
+        conn.commit()
+    rows = _journal(database, start)
+    assert [op for _, op, _, _ in rows] == ['created_many', 'updated_many'] and _lean_key(rows[1][3]) == pid
+
+
+def test_the_fold_is_one_index_probe_of_the_transactions_last_row_whatever_the_journal_holds(database):
+    database.execute("SELECT crm_realtime.lean('prospects')")
+    # the lean function plans with enable_seqscan off, so its probe stays an index
+    # scan even when it was planned on an empty journal (as here)
+    config, = database.execute("SELECT p.proconfig FROM pg_catalog.pg_proc AS p "
+                               "JOIN crm_realtime.watched_table AS w ON p.proname = w.function_name "
+                               "WHERE w.relation = 'public.prospects'::regclass")[0]
+    assert 'enable_seqscan=off' in config
+    with database.connect() as conn:
+        conn.execute('SET enable_seqscan = off')
+        conn.execute('SET plan_cache_mode = force_generic_plan')
+        conn.execute("PREPARE probe(xid8, text) AS SELECT j.op = 'created_many' AND "
+                     "j.data = jsonb_build_object('table', 1, 'uuids', $2) FROM crm_realtime.journal AS j "
+                     "WHERE j.txid = $1 ORDER BY j.id DESC LIMIT 1")
+        plan = '\n'.join(r[0] for r in conn.execute("EXPLAIN EXECUTE probe('1', 'x')"))
+    assert 'Index Scan Backward using journal_pkey' in plan and 'Seq Scan' not in plan, plan
+    # many create-then-writes in one transaction: every one folds
+    start = _last_id(database)
+    with database.connect(autocommit=False) as conn:
+        for i in range(150):
+            pid = str(conn.execute("INSERT INTO prospects (organization_id, firstname) VALUES (2, %s) "
+                                   "RETURNING id", [f'Many{i}']).fetchone()[0])
+            conn.execute("UPDATE prospects SET status = 'contacted' WHERE id = %s", [pid])
+        conn.commit()
+    assert [op for _, op, _, _ in _journal(database, start)] == ['created_many'] * 150
+    # something journaled in between (a notification): the UPDATE journals its own row
+    start = _last_id(database)
+    with database.connect(autocommit=False) as conn:
+        pid = str(conn.execute("INSERT INTO prospects (organization_id, firstname) VALUES (2, 'Between') "
+                               "RETURNING id").fetchone()[0])
+        conn.execute("INSERT INTO notifications (organization_id, type, title) VALUES (2, 'info', 'hi')")
+        conn.execute("UPDATE prospects SET status = 'contacted' WHERE id = %s", [pid])
+        conn.commit()
+    rows = _journal(database, start)
+    assert [op for _, op, _, _ in rows] == ['created_many', 'created', 'updated_many']
+    assert _lean_key(rows[2][3]) == pid

@@ -97,8 +97,8 @@ BEGIN
         -- the columns a trigger writes; never txid, id or recorded_at
         GRANT INSERT ("kind", "op", "organization_id", "user_id", "data")
             ON "crm_realtime"."journal" TO "crm_realtime_definer";
-        -- lean capture: an UPDATE finds its own transaction's created row
-        GRANT SELECT ("txid", "op", "data") ON "crm_realtime"."journal" TO "crm_realtime_definer";
+        -- lean capture: an UPDATE finds its own transaction's last row
+        GRANT SELECT ("txid", "id", "op", "data") ON "crm_realtime"."journal" TO "crm_realtime_definer";
     END IF;
 END
 $$;
@@ -647,17 +647,23 @@ BEGIN
             IF v_key IS NOT NULL THEN
                 -- inserted by this same transaction: its created row says it all.
                 -- The setting is only a cheap first test (any session can set it):
-                -- the fold needs this transaction's own journal row of that key.
-                -- (the transaction id as a variable: a volatile call in the query
-                -- would keep the index out and scan the whole journal)
+                -- the fold also needs this transaction's last journal row to be
+                -- the created row of that key. That is one backward probe of the
+                -- journal's primary key (txid, id), however many rows the
+                -- transaction wrote; the function plans with enable_seqscan off,
+                -- so a plan made while the journal was small never scans it once
+                -- it is large. (The transaction id is a variable: a volatile call
+                -- in the query would keep the index out.) When anything was
+                -- journaled in between, the UPDATE simply journals its own row.
                 IF pg_catalog.current_setting('crm_realtime.inserted', true) = '%7$s:' || v_key THEN
                     v_tx := pg_catalog.pg_current_xact_id();
-                END IF;
-                IF v_tx IS NOT NULL
-                   AND EXISTS (SELECT FROM "crm_realtime"."journal" AS j
-                                WHERE j."txid" = v_tx AND j."op" = 'created_many'
-                                  AND j."data" = pg_catalog.jsonb_build_object('table', %7$s, %19$L, v_key)) THEN
-                    RETURN NULL;
+                    IF (SELECT j."op" = 'created_many'
+                               AND j."data" = pg_catalog.jsonb_build_object('table', %7$s, %19$L, v_key)
+                          FROM "crm_realtime"."journal" AS j
+                         WHERE j."txid" = v_tx
+                         ORDER BY j."id" DESC LIMIT 1) THEN
+                        RETURN NULL;
+                    END IF;
                 END IF;
                 -- a lean row (op 'updated_many', one key): the sidecar reads the
                 -- payload with the row as it is then, like a compact row's
@@ -784,9 +790,14 @@ $f$, w."org_column",
     -- SECURITY DEFINER: the CRM's roles need no right on our schema, and no
     -- role but the installer's can write journal rows (forged events).
     -- The fixed search_path keeps a caller's search_path out of the definer's rights.
+    -- A lean function also plans with enable_seqscan off: its one lookup (the
+    -- fold's, by the journal's primary key) must stay an index probe whatever
+    -- the journal's size was when it was planned. It reads nothing else that
+    -- the setting could change (the new rows are a transition table).
     EXECUTE format(
         'CREATE OR REPLACE FUNCTION "crm_realtime".%I() RETURNS trigger LANGUAGE plpgsql '
-        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', w."function_name", v_body);
+        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L', w."function_name",
+        CASE WHEN w."lean" THEN ' SET enable_seqscan = off' ELSE '' END, v_body);
     EXECUTE format('REVOKE ALL ON FUNCTION "crm_realtime".%I() FROM PUBLIC', w."function_name");
     PERFORM "crm_realtime"."_hand_to_definer_role"(
         format('"crm_realtime".%I()', w."function_name")::regprocedure, p_table, false);
