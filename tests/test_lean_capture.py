@@ -207,3 +207,44 @@ def test_the_fold_is_one_index_probe_of_the_transactions_last_row_whatever_the_j
     rows = _journal(database, start)
     assert [op for _, op, _, _ in rows] == ['created_many', 'created', 'updated_many']
     assert _lean_key(rows[2][3]) == pid
+
+
+def _expand_one(database, org, pid, table=None):
+    hexed = database.execute("SELECT encode(uuid_send(%s::uuid), 'hex')", [pid])[0][0]
+    table = table or database.execute("SELECT 'public.prospects'::regclass::oid")[0][0]
+    data = {'table': table, 'uuids': hexed}
+    return database.execute('SELECT e.part, e.data FROM crm_realtime.expand(%s, %s::jsonb) AS e',
+                            [str(org), json.dumps(data)])
+
+
+def test_one_key_is_read_by_a_planned_query_with_the_general_paths_payload_and_its_guards(database):
+    # a lean row's key (or a one-row import's) is read by a query written into the
+    # table's expansion function: the payload of the general path (several keys)
+    database.execute("SELECT crm_realtime.lean('prospects')")
+    pid = database.insert_prospect(1, firstname='Grace', notes='n' * 50)
+    fn = database.execute("SELECT crm_realtime._expand_name(function_name) FROM crm_realtime.watched_table "
+                          "WHERE relation = 'public.prospects'::regclass")[0][0]
+    assert 'cardinality(p_ids) = 1' in database.execute(
+        'SELECT prosrc FROM pg_catalog.pg_proc WHERE proname = %s', [fn])[0][0]
+    (part, one), = _expand_one(database, 1, pid)
+    general = database.execute(f'SELECT part, data FROM crm_realtime."{fn}"(%s, %s)',
+                               ['1', [pid, '00000000-0000-0000-0000-000000000000']])
+    assert part == 1 and general == [(1, one)] and one['firstname'] == 'Grace'
+    assert _expand_one(database, 2, pid) == []           # another organization: nothing
+    table = database.execute("SELECT 'public.prospects'::regclass::oid")[0][0]
+    # the table renamed and another one created under its name (no event trigger to
+    # follow): the query written for the name must not read the newcomer's row
+    database.execute('ALTER EVENT TRIGGER crm_realtime_ddl DISABLE')
+    database.execute('ALTER TABLE prospects RENAME TO prospects_before')
+    database.execute('CREATE TABLE prospects (LIKE prospects_before INCLUDING ALL)')
+    database.execute("INSERT INTO prospects SELECT * FROM prospects_before WHERE id = %s", [pid])
+    database.execute("UPDATE prospects SET firstname = 'Decoy' WHERE id = %s", [pid])
+    # readable by the function's owner, as a non-superuser install's owner reads its own tables
+    database.execute('GRANT SELECT ON prospects TO crm_realtime_definer')
+    (_, data), = _expand_one(database, 1, pid, table)
+    assert data['firstname'] == 'Grace'
+    # a column renamed since the function was written: the general path answers, as
+    # the trigger publishes (the stale field as null)
+    database.execute('ALTER TABLE prospects_before RENAME COLUMN firstname TO given_name')
+    (_, data), = _expand_one(database, 1, pid, table)
+    assert data['firstname'] is None and data['notes'] == 'n' * 50
