@@ -1,7 +1,7 @@
 """Fan-out benchmark: the sidecar and a minimal Node socket.io server, side by side.
 
     python bench/fanout.py [--server sidecar|node|both] [--clients 200] [--events 500]
-                           [--rate 50] [--orgs 1] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
+                           [--rate 50] [--orgs 1] [--lean] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
 
 For each server: a scratch database (sql/examples/reference_crm.sql + sql/install.sql,
 dropped at the end), the server as a subprocess on 127.0.0.1 (`python -m sidecar serve`
@@ -22,6 +22,11 @@ Printed per server:
   * server RSS per connection: VmRSS after N sockets connected minus before, / N, in KB;
   * the server's CPU while the N sockets are connected and idle (% of a core);
   * delivered events per second (first measured commit to last delivery).
+
+--lean turns on lean capture (crm_realtime.lean('prospects')) in the sidecar's
+database: the journal then holds keys, and the sidecar builds each payload when it
+reads (its read side's cost). The Node reference reads payload rows only, so its
+database keeps the default capture.
 
 Everything runs on this machine: the server, PostgreSQL, the load client and this
 driver share the cores, so figures are comparable between servers run the same way,
@@ -93,8 +98,9 @@ def percentile(sorted_values, q):
 # ---- scratch database ----------------------------------------------------------------
 
 class ScratchDB:
-    def __init__(self, admin_url):
+    def __init__(self, admin_url, lean=False):
         self.admin_url = admin_url
+        self.lean = lean
         self.name = f'crm_rt_bench_{uuid.uuid4().hex[:8]}'
         info = psycopg.conninfo.conninfo_to_dict(admin_url)
         self.url = (f"postgresql://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}"
@@ -106,6 +112,8 @@ class ScratchDB:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute((ROOT / 'sql/examples/reference_crm.sql').read_text())
             conn.execute((ROOT / 'sql/install.sql').read_text())
+            if self.lean:
+                conn.execute("SELECT crm_realtime.lean('prospects')")
         return self
 
     def __exit__(self, *exc):
@@ -257,7 +265,8 @@ def run_one(kind, args):
     result = {'server': kind}
     deadline = time.monotonic() + args.max_seconds
     try:
-        with ScratchDB(args.pg) as db, psycopg.connect(db.url, autocommit=True) as writer:
+        with ScratchDB(args.pg, lean=args.lean and kind == 'sidecar') as db, \
+                psycopg.connect(db.url, autocommit=True) as writer:
             port = free_port()
             server = start_server(kind, db.url, port, Path(workdir) / 'server.log', args.node_recovery)
             my_pid = writer.execute('SELECT pg_backend_pid()').fetchone()[0]
@@ -408,6 +417,8 @@ def main():
                    help='seconds the connected, idle server is watched for its baseline CPU (0..30)')
     p.add_argument('--repeat', type=int, default=1, help='runs per server (1..5); medians are printed')
     p.add_argument('--max-seconds', type=float, default=120.0, help='time limit per server')
+    p.add_argument('--lean', action='store_true',
+                   help="lean capture in the sidecar's database (the Node reference keeps the default)")
     p.add_argument('--profile', metavar='DIR', help='record the sidecar with py-spy into DIR')
     p.add_argument('--pg', default=os.environ.get('CRM_REALTIME_TEST_PG',
                                                   'postgresql://postgres@127.0.0.1:5432/postgres'))
@@ -426,7 +437,8 @@ def main():
     if host not in ('127.0.0.1', 'localhost', '::1') and not host.startswith('/'):
         p.error('--pg must point at this machine (loopback or a Unix socket)')
     kinds = ['sidecar', 'node'] if args.server == 'both' else [args.server]
-    print(f'code: {code_version()}; load: {os.getloadavg()[0]:.2f} (1-min load average before the run),'
+    print(f'code: {code_version()}' + ('; lean capture in the sidecar\'s database' if args.lean else '') +
+          f'; load: {os.getloadavg()[0]:.2f} (1-min load average before the run),'
           f' {os.cpu_count()} cores')
     results = {kind: [] for kind in kinds}
     for _ in range(args.repeat):          # alternate the servers, so drift hits both alike
