@@ -98,7 +98,8 @@ BEGIN
         GRANT INSERT ("kind", "op", "organization_id", "user_id", "data")
             ON "crm_realtime"."journal" TO "crm_realtime_definer";
         -- lean capture: an UPDATE finds its own transaction's last row
-        GRANT SELECT ("txid", "id", "op", "data") ON "crm_realtime"."journal" TO "crm_realtime_definer";
+        GRANT SELECT ("txid", "id", "op", "organization_id", "data") ON "crm_realtime"."journal"
+            TO "crm_realtime_definer";
     END IF;
 END
 $$;
@@ -652,7 +653,9 @@ BEGIN
                 -- inserted by this same transaction: its created row says it all.
                 -- The setting is only a cheap first test (any session can set it):
                 -- the fold also needs this transaction's last journal row to be
-                -- the created row of that key. That is one backward probe of the
+                -- the created row of that key in this row's organization (a key
+                -- unique only per organization must not let a decoy inserted in
+                -- another one hide this update). That is one backward probe of the
                 -- journal's primary key (txid, id), however many rows the
                 -- transaction wrote; the function plans with enable_seqscan off,
                 -- so a plan made while the journal was small never scans it once
@@ -661,7 +664,7 @@ BEGIN
                 -- journaled in between, the UPDATE simply journals its own row.
                 IF pg_catalog.current_setting('crm_realtime.inserted', true) = '%7$s:' || v_key THEN
                     v_tx := pg_catalog.pg_current_xact_id();
-                    IF (SELECT j."op" = 'created_many'
+                    IF (SELECT j."op" = 'created_many' AND j."organization_id" = v_org
                                AND j."data" = pg_catalog.jsonb_build_object('table', %7$s, %19$L, v_key)
                           FROM "crm_realtime"."journal" AS j
                          WHERE j."txid" = v_tx
@@ -821,10 +824,17 @@ $f$, w."org_column",
     -- One key (a lean row, or an import of one row) whose column is unique
     -- first goes through a query written here, planned once per session: the
     -- general path below plans two queries per call (measured: about 150 µs per
-    -- lean row read). If a column changed since this was written, the query
-    -- fails inside its block; if it finds nothing (the row is gone, moved, or
-    -- in a child table: the test on tableoid also keeps it from reading another
-    -- table that took the name), the general path answers.
+    -- lean row read). The general path answers whenever this one does not find
+    -- exactly one row (the row gone or moved; several rows: a unique index
+    -- dropped since, a parent and a child sharing a key) or fails (a column
+    -- renamed, dropped or retyped since). The query names the table, which a
+    -- rename nobody followed (no event trigger, ALTER SCHEMA ... RENAME) can give
+    -- to another relation, a view whose columns run code as this function's
+    -- owner for instance: so it also tests that the name still is the watched
+    -- table, a constant PostgreSQL folds when it plans, so that another relation
+    -- under the name is never read. Every name in it is schema-qualified (the
+    -- caller's pg_temp is searched for types), and the organization compares
+    -- byte for byte (a column's nondeterministic collation does not apply).
     IF w."kind" = 'prospect' THEN
         IF v_attnum IS NOT NULL AND EXISTS (
                SELECT FROM pg_catalog.pg_index AS i
@@ -833,24 +843,24 @@ $f$, w."org_column",
             v_one := format($o$
     IF pg_catalog.cardinality(p_ids) = 1 THEN
         BEGIN
-            SELECT %1$s INTO v_data FROM %2$I.%3$I AS t
-             WHERE t.%4$I = p_ids[1]::%5$s AND %6$s = p_org AND t.tableoid = %7$s;
-            IF FOUND THEN
-                part := 1;
-                data := v_data;
-                RETURN NEXT;
-                RETURN;
-            END IF;
+            SELECT %1$s INTO STRICT v_data FROM %2$s AS t
+             WHERE %2$L::pg_catalog.regclass OPERATOR(pg_catalog.=) %3$s::pg_catalog.oid
+               AND t.%4$I = p_ids[1]::%5$s AND (%6$s) COLLATE pg_catalog."C" = p_org;
+            part := 1;
+            data := v_data;
+            RETURN NEXT;
+            RETURN;
         EXCEPTION WHEN OTHERS THEN
-            NULL;       -- a column renamed, dropped or retyped since: the general path
+            NULL;       -- none, several, or a column changed since: the general path
         END;
     END IF;
 $o$, "crm_realtime"."_payload_expr"(p_table, w."fields", w."kind", 't', true),
-                (SELECT n.nspname FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n
-                     ON n.oid = c.relnamespace WHERE c.oid = p_table),
-                (SELECT c.relname FROM pg_catalog.pg_class AS c WHERE c.oid = p_table),
-                w."pk_column", pg_catalog.format_type(v_keytype, NULL),
-                "crm_realtime"."_org_sql"(p_table, w."org_column", 't'), p_table::oid);
+                (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class AS c
+                   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = p_table),
+                p_table::oid, w."pk_column",
+                (SELECT format('%I.%I', n.nspname, t.typname) FROM pg_catalog.pg_type AS t
+                   JOIN pg_catalog.pg_namespace AS n ON n.oid = t.typnamespace WHERE t.oid = v_keytype),
+                "crm_realtime"."_org_sql"(p_table, w."org_column", 't'));
         END IF;
         v_body := format($e$
 DECLARE
