@@ -223,6 +223,39 @@ def test_an_inheritance_child_and_a_partition_are_captured(database):
     assert database.execute("SELECT count(*) FROM crm_realtime.mapping_status WHERE state <> 'ok'") == [(0,)]
 
 
+def test_a_row_moved_to_another_partition_is_deleted_for_one_organization_and_created_for_the_other(database):
+    """An UPDATE that moves a row to another partition is a DELETE plus an INSERT for
+    PostgreSQL: no UPDATE trigger fires, nor the parent's statement-level INSERT trigger.
+    The new organization must still be told."""
+    database.execute('CREATE TABLE pp (id uuid DEFAULT gen_random_uuid(), organization_id int, firstname text, '
+                     'status text, PRIMARY KEY (id, organization_id)) PARTITION BY LIST (organization_id)')
+    database.execute('CREATE TABLE pp1 PARTITION OF pp FOR VALUES IN (1)')
+    database.execute('CREATE TABLE pp2 PARTITION OF pp FOR VALUES IN (2)')
+    fields = ('{"lastname": null, "email": null, "phone": null, "source": null, "notes": null, '
+              '"created_at": null, "updated_at": null}')
+    # as an install of the version before made it: a statement-level INSERT trigger;
+    # running install.sql again brings the row-level one
+    database.execute("SELECT crm_realtime.watch('pp', 'prospect', 'organization_id', p_fields => %s)", [fields])
+    database.execute('CREATE OR REPLACE TRIGGER crm_realtime_capture AFTER INSERT ON pp REFERENCING NEW TABLE AS '
+                     'crm_realtime_new FOR EACH STATEMENT EXECUTE FUNCTION crm_realtime.' + database.execute(
+                         "SELECT function_name FROM crm_realtime.watched_table WHERE relation = 'pp'::regclass")[0][0]
+                     + '()')
+    assert database.execute("SELECT crm_realtime._triggers_current('pp', 'prospect')") == [(False,)]
+    database.execute(sql_text('install.sql'))
+    assert database.execute("SELECT crm_realtime._triggers_current('pp', 'prospect')") == [(True,)]
+    start = database.execute('SELECT coalesce(max(id), 0) FROM crm_realtime.journal')[0][0]
+    key = '22222222-2222-2222-2222-222222222222'
+    database.execute("INSERT INTO pp (id, organization_id, firstname) VALUES (%s, 1, 'Moved')", [key])
+    database.execute('UPDATE pp SET organization_id = 2 WHERE id = %s', [key])
+    database.execute("UPDATE pp SET status = 'won' WHERE id = %s", [key])
+    database.execute("INSERT INTO pp (organization_id, firstname) SELECT 1, 'imp' || i FROM generate_series(1, 3) AS i")
+    rows = database.execute("SELECT op, organization_id, data->>'id', data->>'firstname' FROM crm_realtime.journal "
+                            "WHERE id > %s ORDER BY id", [start])
+    assert rows[:4] == [('created', '1', key, 'Moved'), ('deleted', '1', key, None),
+                        ('created', '2', key, 'Moved'), ('updated', '2', key, 'Moved')]
+    assert [(op, org, name) for op, org, _, name in rows[4:]] == [('created', '1', f'imp{i}') for i in (1, 2, 3)]
+
+
 def _readme_sidecar_grants(role: str) -> str:
     """Step 4 of sql/README.md, as written there, for ``role``."""
     import re

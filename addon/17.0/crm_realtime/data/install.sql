@@ -949,9 +949,16 @@ BEGIN
     -- not 10,000 function calls. Except on a partition: an INSERT through its
     -- partitioned parent fires only the parent's statement triggers, so a
     -- partition gets the row-level trigger (as does anything refusing
-    -- transition tables).
+    -- transition tables). And except on a partitioned prospects table: an
+    -- UPDATE that moves a row to another partition is a DELETE from the old
+    -- one and an INSERT into the new one, which fires no UPDATE trigger and
+    -- no statement-level INSERT trigger, only the partitions' row-level ones;
+    -- with a statement-level INSERT trigger the new organization never heard
+    -- of the row. Row level there, cloned to every partition: the move is
+    -- journaled as deleted (old organization) then created (new one).
     v_trigger := NULL;
-    IF NOT (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table) THEN
+    IF NOT (SELECT c.relispartition OR (c.relkind = 'p' AND w."kind" = 'prospect')
+              FROM pg_catalog.pg_class AS c WHERE c.oid = p_table) THEN
         BEGIN
             EXECUTE format(
                 '%s %I AFTER INSERT ON %s REFERENCING NEW TABLE AS crm_realtime_new '
@@ -990,8 +997,11 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
       FROM pg_catalog.pg_trigger
      WHERE tgrelid = p_table AND NOT tgisinternal
        AND ((tgname = 'crm_realtime_capture' AND tgtype & (4 | 8 | 16) = 4
-             AND (tgtype & 1 = 0      -- statement level, or row level on a partition
-                  OR (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table)))
+             AND CASE WHEN p_kind = 'prospect'
+                           AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = p_table) = 'p'
+                      THEN tgtype & 1 = 1   -- row level on a partitioned prospects table
+                      ELSE (tgtype & 1 = 0  -- statement level, or row level on a partition
+                            OR (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = p_table)) END)
             OR (tgname = 'crm_realtime_capture_update' AND p_kind = 'prospect' AND tgtype & 16 = 16
                 AND tgqual IS NULL)
             OR (tgname = 'crm_realtime_capture_delete' AND p_kind = 'prospect' AND tgtype & 8 = 8))
