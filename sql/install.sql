@@ -713,20 +713,29 @@ BEGIN
         INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
         VALUES ('prospect', 'deleted', v_old_org, %24$s);
     ELSE
-        -- a row-level INSERT (a partition: see _create_triggers)
+        -- a row-level INSERT (a partition, or a partitioned table: see _create_triggers)
         BEGIN
             v_org := %14$s;
             IF v_org IS NOT NULL THEN
-                p := %10$s;
+                %25$s
             END IF;
         EXCEPTION WHEN OTHERS THEN
+            v_key := NULL;
             n := pg_catalog.to_jsonb(NEW);
             v_org := n->>%1$L;
             p := %3$s;
         END;
         IF v_org IS NULL THEN RETURN NULL; END IF;
-        INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
-        VALUES ('prospect', 'created', v_org, p);
+        IF v_key IS NOT NULL THEN
+            -- lean: the key only, kept for this transaction as the statement
+            -- trigger keeps it, so that the same folding applies
+            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+            VALUES ('prospect', 'created_many', v_org, pg_catalog.jsonb_build_object('table', %7$s, %19$L, v_key));
+            PERFORM pg_catalog.set_config('crm_realtime.inserted', '%7$s:' || v_key, true);
+        ELSE
+            INSERT INTO "crm_realtime"."journal" ("kind", "op", "organization_id", "data")
+            VALUES ('prospect', 'created', v_org, p);
+        END IF;
     END IF;
 %5$s
     RETURN NULL;
@@ -757,7 +766,10 @@ $f$, w."org_column", w."pk_column", v_new, v_old, v_notify, v_set, p_table::oid,
      CASE WHEN w."lean" THEN 'v_key := ' || v_key_new || ';      -- lean: the key only'
           ELSE 'p := ' || v_new_direct || ';' END,
      CASE WHEN w."lean" THEN $q$pg_catalog.jsonb_build_object('id', k, 'last', q)$q$
-          ELSE $q$pg_catalog.jsonb_build_object('id', k)$q$ END);
+          ELSE $q$pg_catalog.jsonb_build_object('id', k)$q$ END,
+     -- a row-level INSERT's (25): the key (lean) or the payload
+     CASE WHEN w."lean" THEN 'v_key := ' || v_key_new || ';'
+          ELSE 'p := ' || v_new_direct || ';' END);
     ELSE
         v_body := format($f$
 DECLARE
@@ -1211,20 +1223,32 @@ SELECT w."relation"::text AS "table", e.key AS "field", e.value ->> 'column' AS 
  WHERE jsonb_typeof(e.value) = 'object'
 UNION ALL
 SELECT w."relation"::text, NULL, NULL,
-       CASE WHEN c.oid IS NULL THEN 'table missing' ELSE 'triggers missing' END,
+       CASE WHEN c.oid IS NULL THEN 'table missing'
+            WHEN t.n < CASE w."kind" WHEN 'prospect' THEN 3 ELSE 1 END THEN 'triggers missing'
+            ELSE 'triggers stale' END,
        CASE WHEN c.oid IS NULL
             THEN format('watched table %s no longer exists: run SELECT crm_realtime.unwatch(%L)',
                         w."relation", w."relation"::oid)
-            ELSE format('%s has lost its capture triggers: run SELECT * FROM crm_realtime.repair()', w."relation")
+            WHEN t.n < CASE w."kind" WHEN 'prospect' THEN 3 ELSE 1 END
+            THEN format('%s has lost its capture triggers: run SELECT * FROM crm_realtime.repair()', w."relation")
+            -- an older version's triggers (install.sql found the table busy)
+            ELSE format('%s has capture triggers of an older version%s: run SELECT * FROM crm_realtime.repair() '
+                        '(or install.sql again) at a quieter moment', w."relation",
+                        CASE WHEN c.relkind = 'p' AND w."kind" = 'prospect'
+                             THEN ', which lose rows moved between its partitions and rows inserted '
+                                  'into a partition directly'
+                             ELSE '' END)
        END
   FROM "crm_realtime"."watched_table" AS w
   LEFT JOIN pg_catalog.pg_class AS c ON c.oid = w."relation"
+  CROSS JOIN LATERAL (
+      SELECT count(*) AS n FROM pg_catalog.pg_trigger AS g
+       WHERE g.tgrelid = w."relation" AND NOT g.tgisinternal
+         AND g.tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
+                          'crm_realtime_capture_delete')) AS t
  WHERE c.oid IS NULL
-    OR (SELECT count(*) FROM pg_catalog.pg_trigger AS t
-         WHERE t.tgrelid = w."relation" AND NOT t.tgisinternal
-           AND t.tgname IN ('crm_realtime_capture', 'crm_realtime_capture_update',
-                            'crm_realtime_capture_delete'))
-       < CASE w."kind" WHEN 'prospect' THEN 3 ELSE 1 END;
+    OR t.n < CASE w."kind" WHEN 'prospect' THEN 3 ELSE 1 END
+    OR NOT "crm_realtime"."_triggers_current"(w."relation", w."kind");
 COMMENT ON VIEW "crm_realtime"."mapping_status" IS
     'State of every mapped column of the watched tables; repair with crm_realtime.repair()';
 
@@ -1257,6 +1281,9 @@ BEGIN
                     WHERE "table" = w."relation"::text AND "state" = 'triggers missing') THEN
             PERFORM "crm_realtime"."_create_triggers"(w."relation");
             RETURN NEXT format('%s: capture triggers created again', w."relation");
+        ELSIF NOT "crm_realtime"."_triggers_current"(w."relation", w."kind") THEN
+            PERFORM "crm_realtime"."_create_triggers"(w."relation");
+            RETURN NEXT format('%s: capture triggers of an older version replaced', w."relation");
         END IF;
     END LOOP;
     FOR v_line IN SELECT "detail" FROM "crm_realtime"."mapping_status"
@@ -1446,7 +1473,12 @@ BEGIN
                 PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
                 PERFORM "crm_realtime"."_create_triggers"(w."relation");
             EXCEPTION WHEN lock_not_available THEN
-                RAISE NOTICE 'crm_realtime: % was busy, so its triggers of an older version stay (they work, a little slower): run install.sql again later to replace them', w."relation";
+                IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = w."relation") = 'p'
+                   AND w."kind" = 'prospect' THEN
+                    RAISE WARNING 'crm_realtime: % was busy, so its triggers of an older version stay, and they lose rows moved between its partitions and rows inserted into a partition directly: run SELECT * FROM crm_realtime.repair() (or install.sql again) at a quieter moment', w."relation";
+                ELSE
+                    RAISE NOTICE 'crm_realtime: % was busy, so its triggers of an older version stay (they work, a little slower): run install.sql again later to replace them', w."relation";
+                END IF;
             END;
             PERFORM pg_catalog.set_config('lock_timeout', v_timeout, true);
         END IF;
